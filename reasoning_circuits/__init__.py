@@ -1,0 +1,59 @@
+"""reasoning_circuits: measure how reasoning models use their chain of thought.
+
+Data flows one way::
+
+    Trace ──► AttentionProfile / ProfileSet ──► rank_heads ──► HeadRanking
+
+>>> import reasoning_circuits as rc
+>>> model = rc.testing.tiny_gpt2()
+>>> trace = rc.Trace.from_parts("Q: 2+2?", "\\n2+2=4.\\n", " The answer is 4.", model.tokenizer)
+>>> profile = rc.AttentionProfile.compute(model, trace)
+>>> profile.mass("answer", "reasoning").shape
+(2, 4)
+"""
+
+from reasoning_circuits import testing
+from reasoning_circuits.attention import AttentionProfile, ProfileSet, segment_statistics
+from reasoning_circuits.errors import (
+    ContextLengthError,
+    ModelLoadError,
+    ProfileMismatchError,
+    TraceFormatError,
+)
+from reasoning_circuits.heads import (
+    Head,
+    HeadRanking,
+    contrast_heads,
+    induction_scores,
+    previous_token_scores,
+    rank_heads,
+    rank_stability,
+)
+from reasoning_circuits.models import load_model
+from reasoning_circuits.sentences import split_sentences
+from reasoning_circuits.trace import SEGMENT_NAMES, Segment, Trace
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SEGMENT_NAMES",
+    "AttentionProfile",
+    "ContextLengthError",
+    "Head",
+    "HeadRanking",
+    "ModelLoadError",
+    "ProfileMismatchError",
+    "ProfileSet",
+    "Segment",
+    "Trace",
+    "TraceFormatError",
+    "contrast_heads",
+    "induction_scores",
+    "load_model",
+    "previous_token_scores",
+    "rank_heads",
+    "rank_stability",
+    "segment_statistics",
+    "split_sentences",
+    "testing",
+]

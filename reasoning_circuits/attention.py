@@ -1,0 +1,614 @@
+"""Attention profiles: how much each segment attends to each other segment, per layer and head.
+
+For a query segment Q and a key segment K of one trace, and one head with post-softmax
+attention pattern ``A`` (rows = queries, columns = keys):
+
+* **mass** ``X2Y = mean_{q∈Q} Σ_{k∈K} A[q, k]``: sum over keys, mean over queries (R2A's
+  ``a2r``, ``a2p``, ...). Causality makes the key segments partition what a row can see, so
+  for every query segment the masses over all key segments sum to 1.
+* **per-token mass** ``mean_{q∈Q} (Σ_{k∈K} A[q, k] / |K ∩ [0, q]|)``: the mass per key the
+  row can see, averaged over the rows that can see at least one key of K. It corrects for
+  segment length (a long reasoning gets more mass just by being long).
+* **entropy** ``mean_{q∈Q} H(A[q]) / ln(n_q)``, with ``n_q`` the number of keys row q can
+  see: 0 = all attention on one key, 1 = uniform over the causal support. Rows with
+  ``n_q < 2`` have no defined normalised entropy and are left out of the mean.
+* **gini**: the Gini coefficient of each row over its causal support only (the masked zeros
+  of future tokens are not part of it), averaged like the entropy. 0 = uniform, → 1 =
+  concentrated. It needs a sort of every row, which costs about as much as the forward pass
+  itself on a GPT-2-small-sized model, so it is computed only on request
+  (``statistics=(..., "gini")``).
+
+How it is computed
+------------------
+One forward pass per batch of traces. A hook on each layer's ``hook_pattern`` reduces that
+layer's ``[batch, head, query, key]`` pattern at once to ``[batch, head, part, part]`` sums
+(a matmul with a one-hot part matrix) and drops it, so the patterns of all layers are never
+held together. :func:`segment_statistics` is that reduction: it takes a pattern from any
+source. Traces in a batch are right-padded with an attention mask; padding never changes a
+real row (it lies in every real row's causal future), so batched numbers equal one-at-a-time
+numbers up to float rounding.
+
+Caveats
+-------
+* The self-key is included: the diagonal counts in ``answer→answer`` and
+  ``reasoning→reasoning`` (as in R2A).
+* Query means are unweighted over rows; early reasoning rows see few reasoning keys.
+* Masses depend on BOS: models that dump attention on a BOS "sink" have a large
+  ``answer→bos``. Compare heads within a model, not raw masses across models.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, overload
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from einops import einsum
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from reasoning_circuits.errors import ProfileMismatchError
+from reasoning_circuits.models import check_fits
+from reasoning_circuits.trace import Partition, Trace
+
+__all__ = ["AttentionProfile", "ProfileSet", "Statistic", "segment_statistics"]
+
+Statistic = Literal["mass", "per_token", "entropy", "gini"]
+DEFAULT_STATISTICS: tuple[Statistic, ...] = ("mass", "per_token", "entropy")
+_CHUNK_BYTES = 256 * 2**20  # memory for one chunk of heads in the row statistics
+
+
+def segment_statistics(
+    pattern: Float[Tensor, "batch head query key"],
+    labels: Int[Tensor, "batch pos"],
+    n_parts: int,
+    *,
+    statistics: Sequence[Statistic] = DEFAULT_STATISTICS,
+) -> dict[str, Tensor]:
+    """Reduce one layer's attention pattern to per-part statistics.
+
+    Args:
+        pattern: post-softmax attention, ``[batch, head, query, key]`` with query = key = pos.
+        labels: part index (0 .. n_parts-1) of every position; ``-1`` marks padding.
+        n_parts: number of parts.
+        statistics: which statistics to compute (see the module docstring).
+
+    Returns:
+        ``"mass_sum"`` and ``"per_token_sum"``: ``[batch, head, qpart, kpart]`` sums over the
+        query rows of each part; ``"per_token_rows"``: ``[batch, qpart, kpart]`` rows that see
+        at least one key of the part; ``"entropy_sum"``/``"gini_sum"``: ``[batch, head,
+        qpart]`` sums over rows with at least two visible keys, counted in ``"row_count"``
+        ``[batch, qpart]``; ``"query_count"``: ``[batch, qpart]`` rows per part. Divide a sum
+        by its count to get a mean; sums are kept so batches and traces can be pooled.
+    """
+    batch, n_heads, n_pos, _ = pattern.shape
+    valid = labels >= 0
+    onehot = F.one_hot(labels.clamp(min=0), n_parts).to(torch.float32) * valid[..., None]
+    visible = onehot.cumsum(dim=1)  # [batch, pos, part]: keys of each part at positions <= q
+    n_keys = visible.sum(-1)  # [batch, pos]
+    out: dict[str, Tensor] = {"query_count": onehot.sum(1)}
+    has_keys = (visible > 0).to(torch.float32)
+    inv_visible = torch.where(visible > 0, 1.0 / visible.clamp(min=1), 0.0)
+    row_ok = onehot * (n_keys >= 2)[..., None]  # rows with a defined normalised entropy
+    out["per_token_rows"] = einsum(onehot, has_keys, "b q s, b q t -> b s t")
+    out["row_count"] = row_ok.sum(1)
+    log_n = torch.log(n_keys.clamp(min=2))
+    chunk = max(1, int(_CHUNK_BYTES // max(1, batch * n_pos * n_pos * 4)))
+    pieces: dict[str, list[Tensor]] = {}
+    for h0 in range(0, n_heads, chunk):
+        p = pattern[:, h0 : h0 + chunk].to(torch.float32)
+        row_mass = torch.matmul(p, onehot[:, None])  # [batch, head, q, part]
+        if "mass" in statistics:
+            pieces.setdefault("mass_sum", []).append(
+                einsum(onehot, row_mass, "b q s, b h q t -> b h s t")
+            )
+        if "per_token" in statistics:
+            pieces.setdefault("per_token_sum", []).append(
+                einsum(onehot, row_mass * inv_visible[:, None], "b q s, b h q t -> b h s t")
+            )
+        if "entropy" in statistics:
+            entropy = -torch.special.xlogy(p, p).sum(-1) / log_n[:, None]
+            pieces.setdefault("entropy_sum", []).append(
+                einsum(row_ok, entropy, "b q s, b h q -> b h s")
+            )
+        if "gini" in statistics:
+            # Sorted ascending, the masked zeros of a row come first; shift the ranks so the
+            # coefficient is taken over the row's n visible keys only.
+            ordered = p.sort(dim=-1).values
+            rank = torch.arange(1, n_pos + 1, dtype=torch.float32)
+            total = ordered.sum(-1)
+            n = n_keys.clamp(min=2)[:, None]
+            weighted = (ordered * rank).sum(-1) - (n_pos - n) * total
+            gini = 2 * weighted / (n * total) - (n + 1) / n
+            pieces.setdefault("gini_sum", []).append(einsum(row_ok, gini, "b q s, b h q -> b h s"))
+        del p, row_mass
+    for name, parts in pieces.items():
+        out[name] = torch.cat(parts, dim=1)
+    return out
+
+
+def _divide(total: np.ndarray, count: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.where(count > 0, count, 1), np.nan)
+
+
+@dataclass(frozen=True, eq=False)
+class AttentionProfile:
+    """Per layer × head attention statistics between the parts of one trace.
+
+    Arrays (``numpy``): ``masses`` and ``per_token_masses`` ``[layer, head, qpart, kpart]``;
+    ``entropies`` and ``ginis`` ``[layer, head, qpart]`` (``None`` when not computed);
+    ``token_counts`` ``[part]``. ``layers``/``heads`` give the model indices of the first two
+    axes. Values for a query part with no tokens are NaN.
+    """
+
+    parts: tuple[str, ...]
+    layers: tuple[int, ...]
+    heads: tuple[int, ...]
+    masses: np.ndarray | None
+    per_token_masses: np.ndarray | None
+    entropies: np.ndarray | None
+    ginis: np.ndarray | None
+    token_counts: np.ndarray
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ compute
+    @overload
+    @classmethod
+    def compute(
+        cls,
+        model: Any,
+        traces: Trace,
+        *,
+        layers: Sequence[int] | None = ...,
+        heads: Sequence[int] | None = ...,
+        by: Partition = ...,
+        statistics: Sequence[Statistic] = ...,
+        batch_size: int = ...,
+        progress: bool | None = ...,
+    ) -> AttentionProfile: ...
+
+    @overload
+    @classmethod
+    def compute(
+        cls,
+        model: Any,
+        traces: Sequence[Trace],
+        *,
+        layers: Sequence[int] | None = ...,
+        heads: Sequence[int] | None = ...,
+        by: Partition = ...,
+        statistics: Sequence[Statistic] = ...,
+        batch_size: int = ...,
+        progress: bool | None = ...,
+    ) -> ProfileSet: ...
+
+    @classmethod
+    def compute(
+        cls,
+        model: Any,
+        traces: Trace | Sequence[Trace],
+        *,
+        layers: Sequence[int] | None = None,
+        heads: Sequence[int] | None = None,
+        by: Partition = "segments",
+        statistics: Sequence[Statistic] = DEFAULT_STATISTICS,
+        batch_size: int = 1,
+        progress: bool | None = None,
+    ) -> AttentionProfile | ProfileSet:
+        """Profile one trace (returns an :class:`AttentionProfile`) or many (a :class:`ProfileSet`).
+
+        Args:
+            model: a ``TransformerBridge`` (see :func:`reasoning_circuits.load_model`).
+            traces: a :class:`Trace` or a sequence of them.
+            layers, heads: restrict to these model layers / heads (default: all). Layers
+                after the last requested one are not run.
+            by: ``"segments"`` (bos, prompt, ..., eos) or ``"sentences"`` (reasoning split
+                into its sentences).
+            statistics: any of ``"mass"``, ``"per_token"``, ``"entropy"``, ``"gini"``.
+            batch_size: traces per forward pass (sorted by length to limit padding).
+            progress: show a progress bar (default: when there is more than one batch).
+        """
+        single = isinstance(traces, Trace)
+        trace_list: list[Trace] = [traces] if isinstance(traces, Trace) else list(traces)
+        if not trace_list:
+            raise ValueError("traces is empty; pass at least one Trace")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        unknown = set(statistics) - {"mass", "per_token", "entropy", "gini"}
+        if unknown:
+            raise ValueError(
+                f"unknown statistics {sorted(unknown)}; choose from 'mass', 'per_token', "
+                "'entropy', 'gini'"
+            )
+        n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
+        layer_idx = _check_indices(layers, n_layers, "layers")
+        head_idx = _check_indices(heads, n_heads, "heads")
+        for trace in trace_list:
+            check_fits(model, len(trace))
+
+        order = sorted(range(len(trace_list)), key=lambda i: len(trace_list[i]))
+        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        results: list[AttentionProfile | None] = [None] * len(trace_list)
+        show = progress if progress is not None else len(batches) > 1
+        for batch in tqdm(batches, desc="attention profiles", disable=not show):
+            profiles = _profile_batch(
+                model, [trace_list[i] for i in batch], layer_idx, head_idx, by, tuple(statistics)
+            )
+            for i, profile in zip(batch, profiles):
+                results[i] = profile
+        done = [r for r in results if r is not None]
+        return done[0] if single else ProfileSet(done)
+
+    # ------------------------------------------------------------------ access
+    def _index(self, name: str) -> int:
+        try:
+            return self.parts.index(name)
+        except ValueError:
+            raise KeyError(f"no part {name!r}; parts are {list(self.parts)}") from None
+
+    def _need(self, array: np.ndarray | None, statistic: str) -> np.ndarray:
+        if array is None:
+            raise ValueError(
+                f"{statistic!r} was not computed; pass statistics=(..., {statistic!r}) to compute"
+            )
+        return array
+
+    def mass(self, query: str, key: str) -> Float[np.ndarray, "layer head"]:
+        """``mean_{q∈query} Σ_{k∈key} A[q, k]`` per layer × head (e.g. ``("answer", "reasoning")``)."""
+        return self._need(self.masses, "mass")[:, :, self._index(query), self._index(key)]
+
+    def per_token_mass(self, query: str, key: str) -> Float[np.ndarray, "layer head"]:
+        """The mass per visible key of ``key``, averaged over ``query`` rows."""
+        array = self._need(self.per_token_masses, "per_token")
+        return array[:, :, self._index(query), self._index(key)]
+
+    def entropy(self, query: str) -> Float[np.ndarray, "layer head"]:
+        """Mean normalised row entropy of the ``query`` rows (0 focused .. 1 uniform)."""
+        return self._need(self.entropies, "entropy")[:, :, self._index(query)]
+
+    def gini(self, query: str) -> Float[np.ndarray, "layer head"]:
+        """Mean Gini coefficient of the ``query`` rows over their causal support."""
+        return self._need(self.ginis, "gini")[:, :, self._index(query)]
+
+    def split(self, query: str = "answer") -> dict[str, Float[np.ndarray, "layer head"]]:
+        """Masses from ``query`` to every part; the values sum to 1 per layer × head."""
+        return {key: self.mass(query, key) for key in self.parts}
+
+    def to_frame(self) -> pd.DataFrame:
+        """Long format: one row per (layer, head, query, key) with all computed statistics."""
+        n_l, n_h, n_p = len(self.layers), len(self.heads), len(self.parts)
+        grid = np.meshgrid(
+            np.asarray(self.layers), np.asarray(self.heads), np.arange(n_p), np.arange(n_p),
+            indexing="ij",
+        )
+        frame = pd.DataFrame(
+            {
+                "layer": grid[0].ravel(),
+                "head": grid[1].ravel(),
+                "query": np.asarray(self.parts, dtype=object)[grid[2].ravel()],
+                "key": np.asarray(self.parts, dtype=object)[grid[3].ravel()],
+            }
+        )
+        shape = (n_l, n_h, n_p, n_p)
+        for column, array in (("mass", self.masses), ("per_token_mass", self.per_token_masses)):
+            if array is not None:
+                frame[column] = array.ravel()
+        for column, array in (("entropy", self.entropies), ("gini", self.ginis)):
+            if array is not None:
+                frame[column] = np.broadcast_to(array[..., None], shape).ravel()
+        return frame
+
+    # ------------------------------------------------------------------ io
+    def _arrays(self) -> dict[str, np.ndarray]:
+        arrays = {
+            "masses": self.masses,
+            "per_token_masses": self.per_token_masses,
+            "entropies": self.entropies,
+            "ginis": self.ginis,
+            "token_counts": self.token_counts,
+        }
+        return {k: v for k, v in arrays.items() if v is not None}
+
+    def _header(self) -> dict[str, Any]:
+        return {
+            "parts": list(self.parts),
+            "layers": list(self.layers),
+            "heads": list(self.heads),
+            "metadata": self.metadata,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write one ``.npz`` file (arrays + a JSON header; no pickle). Returns the path."""
+        return _save_npz(path, self._header(), self._arrays())
+
+    @classmethod
+    def load(cls, path: str | Path) -> AttentionProfile:
+        """Read a file written by :meth:`save`."""
+        header, arrays = _load_npz(path)
+        if header.get("kind") == "ProfileSet":
+            raise ValueError(f"{path} holds a ProfileSet; use ProfileSet.load")
+        return cls._from(header, arrays)
+
+    @classmethod
+    def _from(cls, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> AttentionProfile:
+        return cls(
+            parts=tuple(header["parts"]),
+            layers=tuple(header["layers"]),
+            heads=tuple(header["heads"]),
+            masses=arrays.get("masses"),
+            per_token_masses=arrays.get("per_token_masses"),
+            entropies=arrays.get("entropies"),
+            ginis=arrays.get("ginis"),
+            token_counts=arrays["token_counts"],
+            metadata=header.get("metadata", {}),
+        )
+
+
+def _check_indices(chosen: Sequence[int] | None, n: int, what: str) -> tuple[int, ...]:
+    if chosen is None:
+        return tuple(range(n))
+    values = tuple(int(c) for c in chosen)
+    bad = [c for c in values if not 0 <= c < n]
+    if bad or not values or len(set(values)) != len(values):
+        raise ValueError(f"{what} must be distinct indices in [0, {n}), got {list(chosen)}")
+    return values
+
+
+@torch.no_grad()
+def _profile_batch(
+    model: Any,
+    traces: list[Trace],
+    layers: tuple[int, ...],
+    heads: tuple[int, ...],
+    by: Partition,
+    statistics: tuple[Statistic, ...],
+) -> list[AttentionProfile]:
+    partitions = [trace.partition(by) for trace in traces]
+    n_parts = max(len(names) for names, _ in partitions)
+    longest = max(len(t) for t in traces)
+    pad_id = getattr(model.tokenizer, "pad_token_id", None) or 0
+    tokens = torch.full((len(traces), longest), pad_id, dtype=torch.long)
+    labels = torch.full((len(traces), longest), -1, dtype=torch.long)
+    for row, (trace, (_, lab)) in enumerate(zip(traces, partitions)):
+        tokens[row, : len(trace)] = trace.tokens[0]
+        labels[row, : len(trace)] = torch.from_numpy(lab)
+    mask = (labels >= 0).long()
+    head_index = torch.tensor(heads)
+    per_layer: dict[int, dict[str, Tensor]] = {}
+
+    def reduce_hook(pattern: Tensor, hook: Any) -> None:
+        layer = int(hook.name.split(".")[1])
+        selected = pattern if len(heads) == pattern.shape[1] else pattern[:, head_index]
+        per_layer[layer] = segment_statistics(selected, labels, n_parts, statistics=statistics)
+
+    fwd_hooks = [(f"blocks.{layer}.attn.hook_pattern", reduce_hook) for layer in layers]
+    run_to = max(layers) + 1
+    model.run_with_hooks(
+        tokens.to(model.cfg.device),
+        attention_mask=mask.to(model.cfg.device) if len(traces) > 1 else None,
+        fwd_hooks=fwd_hooks,
+        return_type=None,
+        stop_at_layer=run_to if run_to < int(model.cfg.n_layers) else None,
+    )
+    missing = [layer for layer in layers if layer not in per_layer]
+    if missing:
+        raise RuntimeError(
+            f"hook_pattern did not fire for layers {missing}; the model must run eager attention "
+            "(load it with rc.load_model, which boots the bridge with eager attention)"
+        )
+
+    def stacked(key: str) -> np.ndarray | None:
+        if key not in per_layer[layers[0]]:
+            return None
+        return torch.stack([per_layer[layer][key] for layer in layers], dim=1).cpu().numpy()
+
+    mass_sum, pt_sum = stacked("mass_sum"), stacked("per_token_sum")
+    ent_sum, gini_sum = stacked("entropy_sum"), stacked("gini_sum")
+    stats0 = per_layer[layers[0]]
+    query_count = stats0["query_count"].cpu().numpy()  # [batch, part]
+    row_count = stats0["row_count"].cpu().numpy()
+    pt_rows = stats0["per_token_rows"].cpu().numpy()  # [batch, qpart, kpart]
+    profiles = []
+    for row, (trace, (names, _)) in enumerate(zip(traces, partitions)):
+        s = len(names)
+        qc = query_count[row, :s][None, None, :, None]
+        rc = row_count[row, :s][None, None, :]
+        profiles.append(
+            AttentionProfile(
+                parts=tuple(names),
+                layers=layers,
+                heads=heads,
+                masses=None if mass_sum is None else _divide(mass_sum[row, :, :, :s, :s], qc),
+                per_token_masses=None
+                if pt_sum is None
+                else _divide(pt_sum[row, :, :, :s, :s], pt_rows[row, :s, :s][None, None]),
+                entropies=None if ent_sum is None else _divide(ent_sum[row, :, :, :s], rc),
+                ginis=None if gini_sum is None else _divide(gini_sum[row, :, :, :s], rc),
+                token_counts=query_count[row, :s].astype(np.int64),
+                metadata=dict(trace.metadata),
+            )
+        )
+    return profiles
+
+
+# ---------------------------------------------------------------------------- many traces
+class ProfileSet(Sequence[AttentionProfile]):
+    """Profiles of many traces, with per-head statistics across traces.
+
+    Indexing and iteration give the :class:`AttentionProfile` of each trace. ``values`` stacks
+    a statistic to ``[trace, layer, head]``; ``mean``, ``std`` and ``bootstrap_ci`` summarise
+    it per head. Stacking needs the same parts, layers and heads in every profile (sentence
+    partitions differ between traces, so aggregate those per trace first).
+    """
+
+    def __init__(self, profiles: Sequence[AttentionProfile]):
+        self.profiles: tuple[AttentionProfile, ...] = tuple(profiles)
+        if not self.profiles:
+            raise ValueError("a ProfileSet needs at least one profile")
+
+    @overload
+    def __getitem__(self, index: int) -> AttentionProfile: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> ProfileSet: ...
+
+    def __getitem__(self, index: int | slice) -> AttentionProfile | ProfileSet:
+        if isinstance(index, slice):
+            return ProfileSet(self.profiles[index])
+        return self.profiles[index]
+
+    def __len__(self) -> int:
+        return len(self.profiles)
+
+    def __iter__(self) -> Iterator[AttentionProfile]:
+        return iter(self.profiles)
+
+    def __repr__(self) -> str:
+        first = self.profiles[0]
+        return (
+            f"ProfileSet({len(self)} traces, {len(first.layers)} layers × {len(first.heads)} heads, "
+            f"parts {list(first.parts)})"
+        )
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return self._common().layers
+
+    @property
+    def heads(self) -> tuple[int, ...]:
+        return self._common().heads
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        return self._common().parts
+
+    def _common(self) -> AttentionProfile:
+        first = self.profiles[0]
+        for i, p in enumerate(self.profiles[1:], start=1):
+            if (p.parts, p.layers, p.heads) != (first.parts, first.layers, first.heads):
+                raise ProfileMismatchError(
+                    f"profile {i} has parts {list(p.parts)}, layers {list(p.layers)}, heads "
+                    f"{list(p.heads)} but profile 0 has {list(first.parts)}, "
+                    f"{list(first.layers)}, {list(first.heads)}; stack profiles computed with "
+                    "the same layers, heads and by='segments'"
+                )
+        return first
+
+    def values(
+        self, query: str, key: str | None = None, *, statistic: Statistic = "mass"
+    ) -> Float[np.ndarray, "trace layer head"]:
+        """Stack one statistic over traces: ``[trace, layer, head]``.
+
+        ``key`` is needed for ``"mass"`` and ``"per_token"`` and must be omitted for
+        ``"entropy"`` and ``"gini"``.
+        """
+        self._common()
+        if statistic in ("mass", "per_token"):
+            if key is None:
+                raise ValueError(f"statistic {statistic!r} needs a key part")
+            getter = {"mass": AttentionProfile.mass, "per_token": AttentionProfile.per_token_mass}
+            return np.stack([getter[statistic](p, query, key) for p in self.profiles])
+        if key is not None:
+            raise ValueError(f"statistic {statistic!r} is per query part; omit key")
+        row_getter = {"entropy": AttentionProfile.entropy, "gini": AttentionProfile.gini}
+        if statistic not in row_getter:
+            raise ValueError(f"unknown statistic {statistic!r}")
+        return np.stack([row_getter[statistic](p, query) for p in self.profiles])
+
+    def mass(self, query: str, key: str) -> Float[np.ndarray, "trace layer head"]:
+        """``values(query, key)``: the mass of every trace."""
+        return self.values(query, key)
+
+    def mean(self, query: str, key: str | None = None, *, statistic: Statistic = "mass") -> np.ndarray:
+        """Mean over traces per layer × head (traces where the value is NaN are skipped)."""
+        return np.nanmean(self.values(query, key, statistic=statistic), axis=0)
+
+    def std(self, query: str, key: str | None = None, *, statistic: Statistic = "mass") -> np.ndarray:
+        """Sample standard deviation (ddof=1) over traces per layer × head."""
+        return np.nanstd(self.values(query, key, statistic=statistic), axis=0, ddof=1)
+
+    def bootstrap_ci(
+        self,
+        query: str,
+        key: str | None = None,
+        *,
+        statistic: Statistic = "mass",
+        confidence: float = 0.95,
+        n_resamples: int = 2000,
+        seed: int = 0,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Percentile bootstrap CI of the mean over traces (traces resampled with replacement).
+
+        Returns ``(low, high)``, each ``[layer, head]``.
+        """
+        if not 0 < confidence < 1:
+            raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+        values = self.values(query, key, statistic=statistic)
+        rng = np.random.default_rng(seed)
+        draws = rng.integers(0, len(values), size=(n_resamples, len(values)))
+        means = np.nanmean(values[draws], axis=1)
+        alpha = (1 - confidence) / 2
+        return np.quantile(means, alpha, axis=0), np.quantile(means, 1 - alpha, axis=0)
+
+    def to_frame(self) -> pd.DataFrame:
+        """Long format of every profile with a ``trace`` column (the index in the set)."""
+        frames = []
+        for i, profile in enumerate(self.profiles):
+            frame = profile.to_frame()
+            frame.insert(0, "trace", i)
+            frames.append(frame)
+        return pd.concat(frames, ignore_index=True)
+
+    def save(self, path: str | Path) -> Path:
+        """Write one ``.npz`` file with every profile (no pickle)."""
+        arrays: dict[str, np.ndarray] = {}
+        headers = []
+        for i, profile in enumerate(self.profiles):
+            headers.append(profile._header())
+            for name, array in profile._arrays().items():
+                arrays[f"{i}/{name}"] = array
+        return _save_npz(path, {"kind": "ProfileSet", "profiles": headers}, arrays)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ProfileSet:
+        """Read a file written by :meth:`save`."""
+        header, arrays = _load_npz(path)
+        if header.get("kind") != "ProfileSet":
+            raise ValueError(f"{path} holds a single AttentionProfile; use AttentionProfile.load")
+        profiles = []
+        for i, sub in enumerate(header["profiles"]):
+            prefix = f"{i}/"
+            mine = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+            profiles.append(AttentionProfile._from(sub, mine))
+        return cls(profiles)
+
+
+def _save_npz(path: str | Path, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
+    target = Path(path)
+    if target.suffix != ".npz":
+        target = target.with_suffix(target.suffix + ".npz")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp.npz")
+    np.savez(tmp, __header__=np.array(json.dumps(header)), **arrays)
+    tmp.replace(target)  # atomic: a crash leaves the old file or the new one, never half
+    return target
+
+
+def _load_npz(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    with np.load(Path(path), allow_pickle=False) as data:
+        header = json.loads(str(data["__header__"]))
+        arrays = {k: data[k] for k in data.files if k != "__header__"}
+    return header, arrays
+
+
+def _nan_to_none(x: float) -> float | None:
+    return None if math.isnan(x) else x

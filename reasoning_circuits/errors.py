@@ -1,0 +1,24 @@
+"""Exceptions raised by reasoning_circuits.
+
+Each one subclasses the built-in exception a caller would expect (``ValueError``,
+``OSError``), so ``except ValueError`` keeps working, and each message says what was wrong
+and how to fix it.
+"""
+
+from __future__ import annotations
+
+
+class TraceFormatError(ValueError):
+    """A text or token sequence does not have the ``prompt <think> reasoning </think> answer`` form."""
+
+
+class ContextLengthError(ValueError):
+    """A trace is longer than the model's context window."""
+
+
+class ModelLoadError(OSError):
+    """A model name or directory could not be loaded."""
+
+
+class ProfileMismatchError(ValueError):
+    """Attention profiles that are combined do not share segments, layers or heads."""
