@@ -262,6 +262,8 @@ def contrast_heads(
 def _repeated_tokens(model: Any, seq_len: int, n_sequences: int, seed: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     vocab = int(model.cfg.d_vocab)
+    if model.tokenizer is not None:
+        vocab = min(vocab, len(model.tokenizer))  # ids the tokenizer can produce
     low = min(100, vocab // 2)  # skip the first ids (often special tokens)
     random_part = torch.randint(low, vocab, (n_sequences, seq_len), generator=generator)
     bos = getattr(model.tokenizer, "bos_token_id", None)

@@ -194,16 +194,16 @@ def _locate_delimiters(
             f"no {think_open!r} found in the text ({len(text)} chars); pass think_open=... if the "
             "model uses another delimiter, or build the trace with Trace.from_parts"
         )
+    if closes and closes[0] < opens[0] and (strict or closes[-1] < opens[0]):
+        raise TraceFormatError(
+            f"{think_close!r} at char {closes[0]} comes before {think_open!r} at char {opens[0]}; "
+            "the text should read 'prompt <think> reasoning </think> answer'"
+        )
     if not [c for c in closes if c > opens[0]]:
         raise TraceFormatError(
             f"no {think_close!r} found after position {opens[0] + len(think_open)} (the end of "
             f"{think_open!r}); the reasoning may be unfinished or truncated. Pass "
             "think_close=... if the model uses another delimiter, or use Trace.from_parts"
-        )
-    if closes[0] < opens[0]:
-        raise TraceFormatError(
-            f"{think_close!r} at char {closes[0]} comes before {think_open!r} at char {opens[0]}; "
-            "the text should read 'prompt <think> reasoning </think> answer'"
         )
     if convention == "r2a":
         return opens[0], closes[0]
@@ -268,6 +268,10 @@ class Trace:
             raise TypeError(
                 "Trace.from_text needs a fast (Rust) tokenizer for character offsets; load it with "
                 "AutoTokenizer.from_pretrained(..., use_fast=True) or use Trace.from_ids"
+            )
+        if not text:
+            raise TraceFormatError(
+                "the trace text is empty; a trace needs at least '<think>' and '</think>'"
             )
         bos = getattr(tokenizer, "bos_token", None)
         if prepend_bos is None:
