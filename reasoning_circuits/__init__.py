@@ -12,7 +12,7 @@ Data flows one way::
 (2, 4)
 """
 
-from reasoning_circuits import testing
+from reasoning_circuits import plotting, testing
 from reasoning_circuits.attention import AttentionProfile, ProfileSet, segment_statistics
 from reasoning_circuits.errors import (
     ContextLengthError,
@@ -50,6 +50,7 @@ __all__ = [
     "contrast_heads",
     "induction_scores",
     "load_model",
+    "plotting",
     "previous_token_scores",
     "rank_heads",
     "rank_stability",

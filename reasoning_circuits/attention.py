@@ -40,7 +40,6 @@ Caveats
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -263,7 +262,7 @@ class AttentionProfile:
         return array
 
     def mass(self, query: str, key: str) -> Float[np.ndarray, "layer head"]:
-        """``mean_{q∈query} Σ_{k∈key} A[q, k]`` per layer × head (e.g. ``("answer", "reasoning")``)."""
+        """``mean_{q∈query} Σ_{k∈key} A[q, k]`` per layer × head."""
         return self._need(self.masses, "mass")[:, :, self._index(query), self._index(key)]
 
     def per_token_mass(self, query: str, key: str) -> Float[np.ndarray, "layer head"]:
@@ -287,7 +286,10 @@ class AttentionProfile:
         """Long format: one row per (layer, head, query, key) with all computed statistics."""
         n_l, n_h, n_p = len(self.layers), len(self.heads), len(self.parts)
         grid = np.meshgrid(
-            np.asarray(self.layers), np.asarray(self.heads), np.arange(n_p), np.arange(n_p),
+            np.asarray(self.layers),
+            np.asarray(self.heads),
+            np.arange(n_p),
+            np.arange(n_p),
             indexing="ij",
         )
         frame = pd.DataFrame(
@@ -475,7 +477,8 @@ class ProfileSet(Sequence[AttentionProfile]):
     def __repr__(self) -> str:
         first = self.profiles[0]
         return (
-            f"ProfileSet({len(self)} traces, {len(first.layers)} layers × {len(first.heads)} heads, "
+            f"ProfileSet({len(self)} traces, {len(first.layers)} layers × "
+            f"{len(first.heads)} heads, "
             f"parts {list(first.parts)})"
         )
 
@@ -528,11 +531,15 @@ class ProfileSet(Sequence[AttentionProfile]):
         """``values(query, key)``: the mass of every trace."""
         return self.values(query, key)
 
-    def mean(self, query: str, key: str | None = None, *, statistic: Statistic = "mass") -> np.ndarray:
+    def mean(
+        self, query: str, key: str | None = None, *, statistic: Statistic = "mass"
+    ) -> np.ndarray:
         """Mean over traces per layer × head (traces where the value is NaN are skipped)."""
         return np.nanmean(self.values(query, key, statistic=statistic), axis=0)
 
-    def std(self, query: str, key: str | None = None, *, statistic: Statistic = "mass") -> np.ndarray:
+    def std(
+        self, query: str, key: str | None = None, *, statistic: Statistic = "mass"
+    ) -> np.ndarray:
         """Sample standard deviation (ddof=1) over traces per layer × head."""
         return np.nanstd(self.values(query, key, statistic=statistic), axis=0, ddof=1)
 
@@ -598,7 +605,8 @@ def _save_npz(path: str | Path, header: dict[str, Any], arrays: dict[str, np.nda
         target = target.with_suffix(target.suffix + ".npz")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp.npz")
-    np.savez(tmp, __header__=np.array(json.dumps(header)), **arrays)
+    payload: dict[str, Any] = {"__header__": np.array(json.dumps(header)), **arrays}
+    np.savez(tmp, **payload)
     tmp.replace(target)  # atomic: a crash leaves the old file or the new one, never half
     return target
 
@@ -608,7 +616,3 @@ def _load_npz(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         header = json.loads(str(data["__header__"]))
         arrays = {k: data[k] for k in data.files if k != "__header__"}
     return header, arrays
-
-
-def _nan_to_none(x: float) -> float | None:
-    return None if math.isnan(x) else x

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 
 class TraceFormatError(ValueError):
-    """A text or token sequence does not have the ``prompt <think> reasoning </think> answer`` form."""
+    """A text or token sequence is not of the form ``prompt <think> reasoning </think> answer``."""
 
 
 class ContextLengthError(ValueError):

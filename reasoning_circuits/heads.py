@@ -103,7 +103,7 @@ class HeadRanking:
 
 
 def _per_trace(
-    data: ProfileSet | Sequence[AttentionProfile] | np.ndarray,
+    data: ProfileSet | Sequence[AttentionProfile] | AttentionProfile | np.ndarray,
     query: str,
     key: str,
 ) -> tuple[np.ndarray, tuple[int, ...], tuple[int, ...]]:
@@ -164,7 +164,9 @@ def rank_heads(
         for trace_values in values:
             counts[_top_order(trace_values)[:k]] += 1
         # descending count, then descending mean, then (layer, head)
-        order = np.lexsort((np.arange(counts.size), -np.nan_to_num(mean.ravel(), nan=-np.inf), -counts))[:k]
+        order = np.lexsort(
+            (np.arange(counts.size), -np.nan_to_num(mean.ravel(), nan=-np.inf), -counts)
+        )[:k]
         scores = counts[order]
     else:
         raise ValueError(f"method must be 'mean' or 'frequency', got {method!r}")
@@ -204,7 +206,9 @@ def rank_stability(
             "mean": mean,
         }
     )
-    return frame.sort_values(["share", "mean"], ascending=False, kind="stable").reset_index(drop=True)
+    return frame.sort_values(["share", "mean"], ascending=False, kind="stable").reset_index(
+        drop=True
+    )
 
 
 def contrast_heads(

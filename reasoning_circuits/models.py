@@ -90,9 +90,13 @@ def load_model(
         _check_directory(path)
         source = str(path)
     elif name in BUILTIN_MODELS:
-        raise ModelLoadError(f"the built-in model {name!r} is missing from {path}; reinstall the package")
+        raise ModelLoadError(
+            f"the built-in model {name!r} is missing from {path}; reinstall the package"
+        )
     elif os.sep in name and (name.startswith((".", os.sep, "~")) or Path(name).parent.exists()):
-        raise ModelLoadError(f"no directory {name!r}; pass an existing Hugging Face format directory")
+        raise ModelLoadError(
+            f"no directory {name!r}; pass an existing Hugging Face format directory"
+        )
     else:
         source = name
     try:

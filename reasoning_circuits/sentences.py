@@ -23,13 +23,51 @@ first sentence belongs to it. Whitespace-only input gives no sentences.
 
 from __future__ import annotations
 
+import itertools
 import re
 
 __all__ = ["split_sentences"]
 
 _ABBREVIATIONS = frozenset(
-    """e.g i.e etc vs cf al approx resp fig figs eq eqs no nos dr mr mrs ms prof st jr sr
-    vol pp ch sec def thm lem prop cor ex min max inc ltd co""".split()
+    [
+        "e.g",
+        "i.e",
+        "etc",
+        "vs",
+        "cf",
+        "al",
+        "approx",
+        "resp",
+        "fig",
+        "figs",
+        "eq",
+        "eqs",
+        "no",
+        "nos",
+        "dr",
+        "mr",
+        "mrs",
+        "ms",
+        "prof",
+        "st",
+        "jr",
+        "sr",
+        "vol",
+        "pp",
+        "ch",
+        "sec",
+        "def",
+        "thm",
+        "lem",
+        "prop",
+        "cor",
+        "ex",
+        "min",
+        "max",
+        "inc",
+        "ltd",
+        "co",
+    ]
 )
 _MATH = re.compile(
     r"\$\$.*?\$\$|\\\[.*?\\\]|\\\(.*?\\\)|(?<!\\)\$(?:\\.|[^$\\])+?\$",
@@ -83,7 +121,7 @@ def split_sentences(text: str) -> list[tuple[int, int]]:
     for i, ch in enumerate(text):
         if ch == "\n" and not _inside(i, math):
             nxt = len(text) - len(text[i:].lstrip())
-            line = text[: i].rstrip()
+            line = text[:i].rstrip()
             # "We have\n\\[ x = 2 \\]": an unfinished line continues into its display equation.
             if nxt in display_starts and line and line[-1] not in ".!?":
                 continue
@@ -97,7 +135,7 @@ def split_sentences(text: str) -> list[tuple[int, int]]:
         if 0 < pos < len(text):
             boundaries.add(pos)
     edges = [0, *sorted(boundaries), len(text)]
-    spans = [(a, b) for a, b in zip(edges, edges[1:]) if b > a]
+    spans = [(a, b) for a, b in itertools.pairwise(edges) if b > a]
     # Leading whitespace-only piece (e.g. the newline after <think>) joins the first sentence.
     if len(spans) > 1 and not text[spans[0][0] : spans[0][1]].strip():
         spans = [(0, spans[1][1]), *spans[2:]]

@@ -117,9 +117,10 @@ def _boot(hf_model: Any, think_tokens: ThinkTokens, vocab_size: int) -> Transfor
     for item in _tokenizer_dir(think_tokens, vocab_size).iterdir():
         shutil.copy(item, directory / item.name)
     bridge = TransformerBridge.boot_transformers(
-        str(directory), hf_model=hf_model, tokenizer=bpe_tokenizer(
-            think_tokens=think_tokens, vocab_size=vocab_size
-        ), device="cpu"
+        str(directory),
+        hf_model=hf_model,
+        tokenizer=bpe_tokenizer(think_tokens=think_tokens, vocab_size=vocab_size),
+        device="cpu",
     )
     bridge.eval()
     return bridge
@@ -205,8 +206,15 @@ def qwen2(
 
 def tiny_qwen2(*, seed: int = 0, think_tokens: ThinkTokens = "single") -> TransformerBridge:
     """A small Qwen2-style model: 2 layers, 4 query heads sharing 2 key/value heads, d_head 16."""
-    return qwen2(n_layers=2, n_heads=4, n_kv_heads=2, d_head=16, n_ctx=512, seed=seed,
-                 think_tokens=think_tokens)
+    return qwen2(
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        d_head=16,
+        n_ctx=512,
+        seed=seed,
+        think_tokens=think_tokens,
+    )
 
 
 # --------------------------------------------------------------------------- planting
@@ -227,11 +235,11 @@ def planted_pattern(
     chosen = as_heads(heads)
     ids_box: dict[str, Tensor] = {}
 
-    def grab_ids(tensor: Tensor, hook: Any) -> None:
+    def grab_ids(tensor: Tensor, *, hook: Any) -> None:
         ids_box["ids"] = tensor
 
-    def plant(layer_heads: list[int]) -> Callable[[Tensor, Any], Tensor]:
-        def hook_fn(pattern: Tensor, hook: Any) -> Tensor:
+    def plant(layer_heads: list[int]) -> Callable[..., Tensor]:
+        def hook_fn(pattern: Tensor, *, hook: Any) -> Tensor:
             target = pattern_fn(ids_box["ids"]).to(pattern.dtype)
             keep = torch.isnan(target)
             pattern = pattern.clone()
@@ -260,7 +268,9 @@ def planted_pattern(
 def _find_run(row: Sequence[int], needle: Sequence[int], *, last_before: int | None = None) -> int:
     """Start of the first (or last, before ``last_before``) occurrence of ``needle`` in ``row``."""
     hits = [
-        i for i in range(len(row) - len(needle) + 1) if list(row[i : i + len(needle)]) == list(needle)
+        i
+        for i in range(len(row) - len(needle) + 1)
+        if list(row[i : i + len(needle)]) == list(needle)
     ]
     if last_before is not None:
         hits = [i for i in hits if i < last_before]

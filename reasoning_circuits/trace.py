@@ -46,6 +46,8 @@ from the answer whatever it is (R2A assumes it is EOS), and becomes ``eos``.
 from __future__ import annotations
 
 import bisect
+import builtins
+import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -105,8 +107,8 @@ class Segment:
         return isinstance(position, int) and self.start <= position < self.stop
 
     @property
-    def slice(self) -> slice:
-        """The token span as a ``slice``, for ``ids[segment.slice]`` or ``tensor[:, segment.slice]``."""
+    def slice(self) -> builtins.slice:
+        """The token span as a ``slice``: ``ids[segment.slice]``, ``tensor[:, segment.slice]``."""
         return slice(self.start, self.stop)
 
     @property
@@ -115,7 +117,7 @@ class Segment:
         return range(self.start, self.stop)
 
     @property
-    def char_slice(self) -> slice:
+    def char_slice(self) -> builtins.slice:
         """The character span as a ``slice`` into :attr:`Trace.text`."""
         return slice(self.char_start, self.char_stop)
 
@@ -187,7 +189,9 @@ def _locate_delimiters(
 ) -> tuple[int, int]:
     """Character positions of the opening and closing delimiter (see module docstring)."""
     if not text:
-        raise TraceFormatError("the trace text is empty; a trace needs at least '<think>' and '</think>'")
+        raise TraceFormatError(
+            "the trace text is empty; a trace needs at least '<think>' and '</think>'"
+        )
     opens, closes = _find_all(text, think_open), _find_all(text, think_close)
     if not opens:
         raise TraceFormatError(
@@ -365,7 +369,7 @@ class Trace:
         for, so a prompt that quotes ``<think>`` is fine. ``prepend_bos`` is as in
         :meth:`from_text`; ``append_eos`` adds the tokenizer's EOS token.
         """
-        bos_id, eos_id = _bos_eos_ids(tokenizer)
+        bos_id, _ = _bos_eos_ids(tokenizer)
         if prepend_bos is None:
             prepend_bos = bos_id is not None
         parts: list[tuple[str, str]] = []
@@ -440,13 +444,11 @@ class Trace:
         if convention == "r2a":
             has_eos = n > 1
         else:
-            has_eos = (
-                eos_id is not None and ids[-1] == eos_id and n > 1 and last_start >= close_end
-            )
+            has_eos = eos_id is not None and ids[-1] == eos_id and n > 1 and last_start >= close_end
         bos_stop = offsets[0][1] if has_bos else 0
         eos_start = last_start if has_eos else len(text)
         char_edges = [0, bos_stop, open_at, open_end, close_at, close_end, eos_start, len(text)]
-        if any(a > b for a, b in zip(char_edges, char_edges[1:])):
+        if any(a > b for a, b in itertools.pairwise(char_edges)):
             raise TraceFormatError(
                 f"segment boundaries out of order at chars {char_edges}; the BOS/EOS tokens "
                 "overlap the delimiters"
@@ -511,7 +513,11 @@ class Trace:
     def __getitem__(self, name: str) -> Segment:
         if name in self.segments:
             return self.segments[name]
-        if name.startswith("sentence_") and name[9:].isdigit() and int(name[9:]) < len(self.sentences):
+        if (
+            name.startswith("sentence_")
+            and name[9:].isdigit()
+            and int(name[9:]) < len(self.sentences)
+        ):
             return self.sentences[int(name[9:])]
         raise KeyError(
             f"no segment {name!r}; segments are {list(self.segments)} and sentence_0.."
@@ -624,6 +630,12 @@ def _sentence_segments(
     ]
     edges = np.searchsorted(np.asarray(token_sentence, dtype=np.int64), np.arange(len(spans) + 1))
     return [
-        Segment(f"sentence_{k}", reasoning.start + int(edges[k]), reasoning.start + int(edges[k + 1]), a, b)
+        Segment(
+            f"sentence_{k}",
+            reasoning.start + int(edges[k]),
+            reasoning.start + int(edges[k + 1]),
+            a,
+            b,
+        )
         for k, (a, b) in enumerate(spans)
     ]

@@ -7,9 +7,9 @@ import os
 # Tests run offline: fail at once instead of retrying the hub (set before transformers loads).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import pytest  # noqa: E402
+import pytest
 
-import reasoning_circuits as rc  # noqa: E402
+import reasoning_circuits as rc
 
 
 @pytest.fixture(scope="session")

@@ -48,7 +48,9 @@ def brute_force(model, trace, by="segments"):
                     row = a[q, : q + 1]
                     ents.append(-(row[row > 0] * np.log(row[row > 0])).sum() / math.log(q + 1))
                     # Gini by the mean absolute difference over the causal support
-                    ginis.append(np.abs(row[:, None] - row[None, :]).sum() / (2 * len(row) * row.sum()))
+                    ginis.append(
+                        np.abs(row[:, None] - row[None, :]).sum() / (2 * len(row) * row.sum())
+                    )
                 entropy[layer, head, qs] = np.mean(ents) if ents else np.nan
                 gini[layer, head, qs] = np.mean(ginis) if ginis else np.nan
     return mass, per_token, entropy, gini
@@ -69,7 +71,9 @@ def test_matches_brute_force_from_full_patterns(request, model_name, by):
 
 @pytest.mark.parametrize("model_name", ["gpt2", "qwen"])
 @given(prompt=_text, reasoning=_text, answer=_text, eos=st.booleans())
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 def test_masses_over_key_parts_sum_to_one(request, model_name, prompt, reasoning, answer, eos):
     model = request.getfixturevalue(model_name)
     trace = Trace.from_parts(prompt, reasoning, answer, model.tokenizer, append_eos=eos)
@@ -130,7 +134,12 @@ def test_split_and_frame(gpt2):
     np.testing.assert_allclose(sum(split.values()), 1.0, atol=1e-5)
     frame = profile.to_frame()
     assert len(frame) == 2 * 4 * 7 * 7
-    row = frame[(frame.layer == 1) & (frame["head"] == 2) & (frame["query"] == "answer") & (frame.key == "reasoning")]
+    row = frame[
+        (frame.layer == 1)
+        & (frame["head"] == 2)
+        & (frame["query"] == "answer")
+        & (frame.key == "reasoning")
+    ]
     assert row["mass"].item() == pytest.approx(profile.mass("answer", "reasoning")[1, 2])
 
 
@@ -140,12 +149,14 @@ def test_save_load_round_trip(gpt2, tmp_path):
     path = profiles.save(tmp_path / "profiles")
     assert path.suffix == ".npz"
     back = ProfileSet.load(path)
-    np.testing.assert_array_equal(back.values("answer", "reasoning"), profiles.values("answer", "reasoning"))
+    np.testing.assert_array_equal(
+        back.values("answer", "reasoning"), profiles.values("answer", "reasoning")
+    )
     one = profiles[0].save(tmp_path / "one.npz")
     again = AttentionProfile.load(one)
     np.testing.assert_array_equal(again.ginis, profiles[0].ginis)
     assert again.parts == profiles[0].parts
-    with pytest.raises(ValueError, match="ProfileSet.load"):
+    with pytest.raises(ValueError, match=r"ProfileSet\.load"):
         AttentionProfile.load(path)
 
 

@@ -48,14 +48,22 @@ def test_missing_directory(tmp_path):
 
 
 def test_hub_name_offline_says_how_to_pass_a_directory():
-    with pytest.raises(ModelLoadError, match=r"not in the local Hugging Face cache.*rc\.load_model\('DIR'\)"):
+    with pytest.raises(
+        ModelLoadError, match=r"not in the local Hugging Face cache.*rc\.load_model\('DIR'\)"
+    ):
         rc.load_model("some-org/not-a-cached-model")
     assert issubclass(ModelLoadError, OSError)
 
 
 def test_test_models_have_the_promised_architecture(gpt2_small, qwen):
     cfg = gpt2_small.cfg
-    assert (cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_mlp, cfg.n_ctx) == (12, 12, 768, 3072, 1024)
+    assert (cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_mlp, cfg.n_ctx) == (
+        12,
+        12,
+        768,
+        3072,
+        1024,
+    )
     assert cfg.d_vocab == 50257 and not gpt2_small.training
     assert qwen.cfg.n_key_value_heads == 2 and qwen.cfg.n_heads == 4
     assert "rot" in " ".join(qwen.hook_dict)  # rotary hook points exist

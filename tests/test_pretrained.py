@@ -25,7 +25,9 @@ def test_known_induction_heads_rank_high(gpt2_pretrained):
 def test_quickstart_numbers_are_finite(gpt2_pretrained):
     tok = gpt2_pretrained.tokenizer
     traces = [
-        rc.Trace.from_parts(f"What is {i} plus 2? ", f"\n{i} plus 2 is {i + 2}.\n", f" {i + 2}.", tok)
+        rc.Trace.from_parts(
+            f"What is {i} plus 2? ", f"\n{i} plus 2 is {i + 2}.\n", f" {i + 2}.", tok
+        )
         for i in range(3)
     ]
     profiles = rc.AttentionProfile.compute(gpt2_pretrained, traces)

@@ -1,3 +1,5 @@
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,7 +19,7 @@ def test_spans_cover_text_exactly(text):
         return
     assert spans[0][0] == 0 and spans[-1][1] == len(text)
     assert all(a < b for a, b in spans)
-    assert all(b == c for (_, b), (c, _) in zip(spans, spans[1:]))
+    assert all(b == c for (_, b), (c, _) in itertools.pairwise(spans))
 
 
 def test_decimals_are_not_split():
@@ -29,7 +31,11 @@ def test_decimals_are_not_split():
 
 def test_abbreviations_and_initials_do_not_split():
     text = "We use e.g. the sum, i.e. a total. Dr. Smith and J. Doe agree. Next one."
-    assert pieces(text) == ["We use e.g. the sum, i.e. a total. ", "Dr. Smith and J. Doe agree. ", "Next one."]
+    assert pieces(text) == [
+        "We use e.g. the sum, i.e. a total. ",
+        "Dr. Smith and J. Doe agree. ",
+        "Next one.",
+    ]
 
 
 def test_inline_latex_is_atomic():

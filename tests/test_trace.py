@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -24,7 +26,7 @@ def test_from_parts_segments_in_order_and_text_partition(tokenizer):
     assert tuple(trace.segments) == SEGMENT_NAMES
     segs = list(trace)
     assert segs[0].start == 0 and segs[-1].stop == len(trace)
-    assert all(a.stop == b.start for a, b in zip(segs, segs[1:]))
+    assert all(a.stop == b.start for a, b in itertools.pairwise(segs))
     assert "".join(trace.text_of(s) for s in segs) == trace.text
     assert trace.text_of("prompt") == PROMPT
     assert trace.text_of("reasoning") == REASONING
