@@ -62,7 +62,7 @@ __all__ = ["AttentionProfile", "ProfileSet", "Statistic", "segment_statistics"]
 
 Statistic = Literal["mass", "per_token", "entropy", "gini"]
 DEFAULT_STATISTICS: tuple[Statistic, ...] = ("mass", "per_token", "entropy")
-_CHUNK_BYTES = 256 * 2**20  # memory for one chunk of heads in the row statistics
+_CHUNK_ELEMENTS = 2**20  # pattern entries per chunk (4 MB of float32: stays in cache)
 
 
 def segment_statistics(
@@ -95,42 +95,46 @@ def segment_statistics(
     n_keys = visible.sum(-1)  # [batch, pos]
     out: dict[str, Tensor] = {"query_count": onehot.sum(1)}
     has_keys = (visible > 0).to(torch.float32)
-    inv_visible = torch.where(visible > 0, 1.0 / visible.clamp(min=1), 0.0)
     row_ok = onehot * (n_keys >= 2)[..., None]  # rows with a defined normalised entropy
     out["per_token_rows"] = einsum(onehot, has_keys, "b q s, b q t -> b s t")
     out["row_count"] = row_ok.sum(1)
-    log_n = torch.log(n_keys.clamp(min=2))
-    chunk = max(1, int(_CHUNK_BYTES // max(1, batch * n_pos * n_pos * 4)))
-    pieces: dict[str, list[Tensor]] = {}
-    for h0 in range(0, n_heads, chunk):
-        p = pattern[:, h0 : h0 + chunk].to(torch.float32)
-        row_mass = torch.matmul(p, onehot[:, None])  # [batch, head, q, part]
-        if "mass" in statistics:
-            pieces.setdefault("mass_sum", []).append(
-                einsum(onehot, row_mass, "b q s, b h q t -> b h s t")
-            )
-        if "per_token" in statistics:
-            pieces.setdefault("per_token_sum", []).append(
-                einsum(onehot, row_mass * inv_visible[:, None], "b q s, b h q t -> b h s t")
-            )
-        if "entropy" in statistics:
-            entropy = -torch.special.xlogy(p, p).sum(-1) / log_n[:, None]
-            pieces.setdefault("entropy_sum", []).append(
-                einsum(row_ok, entropy, "b q s, b h q -> b h s")
-            )
-        if "gini" in statistics:
-            # Sorted ascending, the masked zeros of a row come first; shift the ranks so the
-            # coefficient is taken over the row's n visible keys only.
-            ordered = p.sort(dim=-1).values
-            rank = torch.arange(1, n_pos + 1, dtype=torch.float32)
-            total = ordered.sum(-1)
-            n = n_keys.clamp(min=2)[:, None]
-            weighted = (ordered * rank).sum(-1) - (n_pos - n) * total
-            gini = 2 * weighted / (n * total) - (n + 1) / n
-            pieces.setdefault("gini_sum", []).append(einsum(row_ok, gini, "b q s, b h q -> b h s"))
-        del p, row_mass
-    for name, parts in pieces.items():
-        out[name] = torch.cat(parts, dim=1)
+
+    # Per-row results, filled chunk by chunk: one head and a block of rows at a time, and only
+    # the keys those rows can see causally (half the pattern is future zeros). A chunk of a
+    # few MB stays in cache while the mass matmul and the entropy both read it.
+    row_mass = torch.empty(batch, n_heads, n_pos, n_parts)
+    entropy = torch.empty(batch, n_heads, n_pos) if "entropy" in statistics else None
+    gini = torch.empty(batch, n_heads, n_pos) if "gini" in statistics else None
+    rows = max(16, _CHUNK_ELEMENTS // max(1, batch * n_pos))
+    for h in range(n_heads):
+        for r0 in range(0, n_pos, rows):
+            r1 = min(n_pos, r0 + rows)
+            chunk = pattern[:, h, r0:r1, :r1].to(torch.float32)  # [batch, rows, keys <= r1]
+            row_mass[:, h, r0:r1] = torch.matmul(chunk, onehot[:, :r1])
+            if entropy is not None:
+                # 0 * log(tiny) = 0 for masked keys; cheaper than xlogy
+                entropy[:, h, r0:r1] = -(chunk * chunk.clamp(min=1e-30).log()).sum(-1)
+            if gini is not None:
+                # Sorted ascending, a row's masked zeros come first; shift the ranks so the
+                # coefficient is taken over the row's n visible keys only.
+                ordered = chunk.sort(dim=-1).values
+                rank = torch.arange(1, r1 + 1, dtype=torch.float32)
+                total = ordered.sum(-1)
+                n = n_keys[:, r0:r1].clamp(min=2)
+                weighted = (ordered * rank).sum(-1) - (r1 - n) * total
+                gini[:, h, r0:r1] = 2 * weighted / (n * total) - (n + 1) / n
+    if "mass" in statistics:
+        out["mass_sum"] = einsum(onehot, row_mass, "b q s, b h q t -> b h s t")
+    if "per_token" in statistics:
+        inv_visible = torch.where(visible > 0, 1.0 / visible.clamp(min=1), 0.0)
+        out["per_token_sum"] = einsum(
+            onehot, row_mass * inv_visible[:, None], "b q s, b h q t -> b h s t"
+        )
+    if entropy is not None:
+        log_n = torch.log(n_keys.clamp(min=2))
+        out["entropy_sum"] = einsum(row_ok, entropy / log_n[:, None], "b q s, b h q -> b h s")
+    if gini is not None:
+        out["gini_sum"] = einsum(row_ok, gini, "b q s, b h q -> b h s")
     return out
 
 

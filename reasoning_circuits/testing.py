@@ -126,17 +126,9 @@ def _boot(hf_model: Any, think_tokens: ThinkTokens, vocab_size: int) -> Transfor
     return bridge
 
 
-def tiny_gpt2(
-    *,
-    n_layers: int = 2,
-    n_heads: int = 4,
-    d_model: int = 64,
-    n_ctx: int = 512,
-    vocab_size: int = 1024,
-    seed: int = 0,
-    think_tokens: ThinkTokens = "single",
-) -> TransformerBridge:
-    """A small GPT-2 with random weights (fast tests)."""
+def _hf_gpt2(
+    *, n_layers: int, n_heads: int, d_model: int, n_ctx: int, vocab_size: int, seed: int
+) -> Any:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     config = GPT2Config(
@@ -151,7 +143,28 @@ def tiny_gpt2(
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        hf_model = GPT2LMHeadModel(config)
+        return GPT2LMHeadModel(config).eval()
+
+
+def tiny_gpt2(
+    *,
+    n_layers: int = 2,
+    n_heads: int = 4,
+    d_model: int = 64,
+    n_ctx: int = 512,
+    vocab_size: int = 1024,
+    seed: int = 0,
+    think_tokens: ThinkTokens = "single",
+) -> TransformerBridge:
+    """A small GPT-2 with random weights (fast tests)."""
+    hf_model = _hf_gpt2(
+        n_layers=n_layers,
+        n_heads=n_heads,
+        d_model=d_model,
+        n_ctx=n_ctx,
+        vocab_size=vocab_size,
+        seed=seed,
+    )
     return _boot(hf_model, think_tokens, min(vocab_size, 1000))
 
 
@@ -168,19 +181,17 @@ def gpt2_small(*, seed: int = 0, think_tokens: ThinkTokens = "single") -> Transf
     )
 
 
-def qwen2(
+def _hf_qwen2(
     *,
-    n_layers: int = 8,
-    n_heads: int = 12,
-    n_kv_heads: int = 2,
-    d_head: int = 64,
-    d_mlp: int | None = None,
-    n_ctx: int = 8192,
-    vocab_size: int = 1024,
-    seed: int = 0,
-    think_tokens: ThinkTokens = "single",
-) -> TransformerBridge:
-    """A Qwen2-style model (rotary, RMSNorm, gated MLP, grouped-query attention)."""
+    n_layers: int,
+    n_heads: int,
+    n_kv_heads: int,
+    d_head: int,
+    d_mlp: int | None,
+    n_ctx: int,
+    vocab_size: int,
+    seed: int,
+) -> Any:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     if n_heads % n_kv_heads:
@@ -200,7 +211,32 @@ def qwen2(
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        hf_model = Qwen2ForCausalLM(config)
+        return Qwen2ForCausalLM(config).eval()
+
+
+def qwen2(
+    *,
+    n_layers: int = 8,
+    n_heads: int = 12,
+    n_kv_heads: int = 2,
+    d_head: int = 64,
+    d_mlp: int | None = None,
+    n_ctx: int = 8192,
+    vocab_size: int = 1024,
+    seed: int = 0,
+    think_tokens: ThinkTokens = "single",
+) -> TransformerBridge:
+    """A Qwen2-style model (rotary, RMSNorm, gated MLP, grouped-query attention)."""
+    hf_model = _hf_qwen2(
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        d_head=d_head,
+        d_mlp=d_mlp,
+        n_ctx=n_ctx,
+        vocab_size=vocab_size,
+        seed=seed,
+    )
     return _boot(hf_model, think_tokens, min(vocab_size, 1000))
 
 

@@ -58,7 +58,10 @@ def brute_force(model, trace, by="segments"):
 
 @pytest.mark.parametrize("model_name", ["gpt2", "qwen"])
 @pytest.mark.parametrize("by", ["segments", "sentences"])
-def test_matches_brute_force_from_full_patterns(request, model_name, by):
+@pytest.mark.parametrize("chunked", [False, True])
+def test_matches_brute_force_from_full_patterns(request, monkeypatch, model_name, by, chunked):
+    if chunked:  # blocks of 16 rows: exercises the causal truncation of each row chunk
+        monkeypatch.setattr(rc.attention, "_CHUNK_ELEMENTS", 16)
     model = request.getfixturevalue(model_name)
     trace = make_trace(model.tokenizer)
     profile = AttentionProfile.compute(model, trace, by=by, statistics=ALL)
@@ -181,3 +184,24 @@ def test_sentence_profiles_cannot_be_stacked_across_traces(gpt2):
     assert profiles[1].parts[3:7] == ("sentence_0", "sentence_1", "sentence_2", "sentence_3")
     with pytest.raises(rc.ProfileMismatchError, match="by='segments'"):
         profiles.values("answer", "prompt")
+
+
+def test_segment_statistics_hand_computed():
+    import torch
+
+    # 3 tokens in parts [0, 1, 1]; one head; a causal pattern written out by hand
+    pattern = torch.tensor([[[[1.0, 0.0, 0.0], [0.25, 0.75, 0.0], [0.5, 0.25, 0.25]]]])
+    labels = torch.tensor([[0, 1, 1]])
+    out = rc.segment_statistics(pattern, labels, 2, statistics=ALL)
+    # part-1 rows are q=1 and q=2: mass to part 0 = (0.25 + 0.5), to part 1 = (0.75 + 0.5)
+    torch.testing.assert_close(out["mass_sum"][0, 0], torch.tensor([[1.0, 0.0], [0.75, 1.25]]))
+    torch.testing.assert_close(out["query_count"][0], torch.tensor([1.0, 2.0]))
+    # per token: q=1 sees 1 key of part 1 (0.75/1), q=2 sees 2 (0.5/2)
+    assert out["per_token_sum"][0, 0, 1, 1].item() == pytest.approx(0.75 + 0.25)
+    # entropy of rows 1 and 2, normalised by ln 2 and ln 3; row 0 (one key) left out
+    h1 = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75)) / math.log(2)
+    h2 = -(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25)) / math.log(3)
+    assert out["entropy_sum"][0, 0, 1].item() == pytest.approx(h1 + h2, abs=1e-6)
+    assert out["row_count"][0].tolist() == [0.0, 2.0]
+    # Gini: row 1 = |0.25-0.75|*2/(2*2) = 0.25; row 2 = (0.25*2 + 0.25*2 + 0)/(2*3) = 1/6
+    assert out["gini_sum"][0, 0, 1].item() == pytest.approx(0.25 + 1 / 6, abs=1e-6)
