@@ -38,7 +38,13 @@ def _build(case: str, variant: str):
             return testing._hf_gpt2(**spec), rc
         return testing.gpt2_small(seed=0), rc
     spec = dict(
-        n_layers=8, n_heads=12, n_kv_heads=2, d_head=64, d_mlp=None, n_ctx=8192, vocab_size=1024,
+        n_layers=8,
+        n_heads=12,
+        n_kv_heads=2,
+        d_head=64,
+        d_mlp=None,
+        n_ctx=8192,
+        vocab_size=1024,
         seed=0,
     )
     if variant == "hf_sdpa":
@@ -81,7 +87,9 @@ def child(case: str, variant: str, n_tokens: int, repeats: int) -> None:
         elif variant == "forward":
             model(tokens, return_type=None)
         elif variant == "cache":
-            _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
+            _, cache = model.run_with_cache(
+                tokens, names_filter=lambda n: n.endswith("hook_pattern")
+            )
             answer, reasoning = trace["answer"].slice, trace["reasoning"].slice
             for name in cache:
                 cache[name][0, :, answer, reasoning].sum(-1).mean(-1)
@@ -113,22 +121,38 @@ def main() -> None:
         results = {}
         for variant in VARIANTS:
             out = subprocess.run(
-                [sys.executable, __file__, "--repeats", str(args.repeats), "--child", case,
-                 variant, str(n_tokens)],
-                capture_output=True, text=True, check=True,
+                [
+                    sys.executable,
+                    __file__,
+                    "--repeats",
+                    str(args.repeats),
+                    "--child",
+                    case,
+                    variant,
+                    str(n_tokens),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
             )
             results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
             r = results[variant]
-            print(f"{case} {n_tokens:5d} tok  {variant:13s} {r['seconds']:7.2f} s  "
-                  f"{r['peak_gb']:6.2f} GB peak", flush=True)
+            print(
+                f"{case} {n_tokens:5d} tok  {variant:13s} {r['seconds']:7.2f} s  "
+                f"{r['peak_gb']:6.2f} GB peak",
+                flush=True,
+            )
         p, a, b, c = (results[v] for v in ("profile", "forward", "cache", "hf_sdpa"))
         g = results["profile+gini"]
-        print(f"{case}: profile/forward time {p['seconds'] / a['seconds']:.2f}x, "
-              f"peak {p['peak_gb'] / a['peak_gb']:.2f}x; profile/cache peak "
-              f"{p['peak_gb'] / b['peak_gb']:.2f}x, time {p['seconds'] / b['seconds']:.2f}x; "
-              f"profile/hf_sdpa time {p['seconds'] / c['seconds']:.2f}x, peak "
-              f"{p['peak_gb'] / c['peak_gb']:.2f}x; with gini: time "
-              f"{g['seconds'] / a['seconds']:.2f}x forward\n", flush=True)
+        print(
+            f"{case}: profile/forward time {p['seconds'] / a['seconds']:.2f}x, "
+            f"peak {p['peak_gb'] / a['peak_gb']:.2f}x; profile/cache peak "
+            f"{p['peak_gb'] / b['peak_gb']:.2f}x, time {p['seconds'] / b['seconds']:.2f}x; "
+            f"profile/hf_sdpa time {p['seconds'] / c['seconds']:.2f}x, peak "
+            f"{p['peak_gb'] / c['peak_gb']:.2f}x; with gini: time "
+            f"{g['seconds'] / a['seconds']:.2f}x forward\n",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
