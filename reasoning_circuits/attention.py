@@ -89,6 +89,8 @@ def segment_statistics(
         by its count to get a mean; sums are kept so batches and traces can be pooled.
     """
     batch, n_heads, n_pos, _ = pattern.shape
+    device = pattern.device
+    labels = labels.to(device)
     valid = labels >= 0
     onehot = F.one_hot(labels.clamp(min=0), n_parts).to(torch.float32) * valid[..., None]
     visible = onehot.cumsum(dim=1)  # [batch, pos, part]: keys of each part at positions <= q
@@ -102,9 +104,9 @@ def segment_statistics(
     # Per-row results, filled chunk by chunk: one head and a block of rows at a time, and only
     # the keys those rows can see causally (half the pattern is future zeros). A chunk of a
     # few MB stays in cache while the mass matmul and the entropy both read it.
-    row_mass = torch.empty(batch, n_heads, n_pos, n_parts)
-    entropy = torch.empty(batch, n_heads, n_pos) if "entropy" in statistics else None
-    gini = torch.empty(batch, n_heads, n_pos) if "gini" in statistics else None
+    row_mass = torch.empty(batch, n_heads, n_pos, n_parts, device=device)
+    entropy = torch.empty(batch, n_heads, n_pos, device=device) if "entropy" in statistics else None
+    gini = torch.empty(batch, n_heads, n_pos, device=device) if "gini" in statistics else None
     rows = max(16, _CHUNK_ELEMENTS // max(1, batch * n_pos))
     for h in range(n_heads):
         for r0 in range(0, n_pos, rows):
@@ -118,7 +120,7 @@ def segment_statistics(
                 # Sorted ascending, a row's masked zeros come first; shift the ranks so the
                 # coefficient is taken over the row's n visible keys only.
                 ordered = chunk.sort(dim=-1).values
-                rank = torch.arange(1, r1 + 1, dtype=torch.float32)
+                rank = torch.arange(1, r1 + 1, dtype=torch.float32, device=device)
                 total = ordered.sum(-1)
                 n = n_keys[:, r0:r1].clamp(min=2)
                 weighted = (ordered * rank).sum(-1) - (r1 - n) * total

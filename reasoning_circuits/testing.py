@@ -276,7 +276,7 @@ def planted_pattern(
 
     def plant(layer_heads: list[int]) -> Callable[..., Tensor]:
         def hook_fn(pattern: Tensor, *, hook: Any) -> Tensor:
-            target = pattern_fn(ids_box["ids"]).to(pattern.dtype)
+            target = pattern_fn(ids_box["ids"]).to(device=pattern.device, dtype=pattern.dtype)
             keep = torch.isnan(target)
             pattern = pattern.clone()
             for h in layer_heads:
