@@ -23,65 +23,40 @@ first sentence belongs to it. Whitespace-only input gives no sentences.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import re
 
 __all__ = ["split_sentences"]
 
 _ABBREVIATIONS = frozenset(
-    [
-        "e.g",
-        "i.e",
-        "etc",
-        "vs",
-        "cf",
-        "al",
-        "approx",
-        "resp",
-        "fig",
-        "figs",
-        "eq",
-        "eqs",
-        "no",
-        "nos",
-        "dr",
-        "mr",
-        "mrs",
-        "ms",
-        "prof",
-        "st",
-        "jr",
-        "sr",
-        "vol",
-        "pp",
-        "ch",
-        "sec",
-        "def",
-        "thm",
-        "lem",
-        "prop",
-        "cor",
-        "ex",
-        "min",
-        "max",
-        "inc",
-        "ltd",
-        "co",
-    ]
+    "e.g i.e etc vs cf al approx resp fig figs eq eqs no nos dr mr mrs ms prof st jr sr "  # noqa: SIM905
+    "vol pp ch sec def thm lem prop cor ex min max inc ltd co".split()
 )
 _MATH = re.compile(
     r"\$\$.*?\$\$|\\\[.*?\\\]|\\\(.*?\\\)|(?<!\\)\$(?:\\.|[^$\\])+?\$",
     re.DOTALL,
 )
 _TERMINAL = re.compile(r"[.!?]+[\"')\]}]*(?=\s)")
+_NEXT_LINE = re.compile(r"\n\s*")  # a line break and the whitespace after it
 
 
 def _math_spans(text: str) -> list[tuple[int, int]]:
     return [(m.start(), m.end()) for m in _MATH.finditer(text)]
 
 
-def _inside(pos: int, spans: list[tuple[int, int]]) -> bool:
-    return any(a <= pos < b for a, b in spans)
+def _inside(pos: int, spans: list[tuple[int, int]], starts: list[int]) -> bool:
+    """Whether ``pos`` lies in one of the sorted, disjoint ``spans`` (``starts`` = their starts)."""
+    k = bisect.bisect_right(starts, pos) - 1
+    return k >= 0 and pos < spans[k][1]
+
+
+def _last_nonspace(text: str, stop: int) -> str:
+    """The last non-whitespace character before ``stop`` ("" if there is none)."""
+    pos = stop - 1
+    while pos >= 0 and text[pos].isspace():
+        pos -= 1
+    return text[pos] if pos >= 0 else ""
 
 
 def _is_false_stop(text: str, dot: int) -> bool:
@@ -100,8 +75,10 @@ def _is_false_stop(text: str, dot: int) -> bool:
         return False
     # A bare step number ("1." or "12.") that starts a line or follows a finished sentence
     # is a list marker, not the end of a sentence.
-    before = text[:start].rstrip()
-    return before == "" or text[len(before) - 1 : start].startswith("\n") or before[-1] in ".!?:"
+    last = start - 1
+    while last >= 0 and text[last].isspace():
+        last -= 1
+    return last < 0 or "\n" in text[last + 1 : start] or text[last] in ".!?:"
 
 
 def split_sentences(text: str) -> list[tuple[int, int]]:
@@ -114,18 +91,20 @@ def split_sentences(text: str) -> list[tuple[int, int]]:
         return []
     math = _math_spans(text)
     cuts: set[int] = set()
+    starts = [a for a, _ in math]
     for m in _TERMINAL.finditer(text):
-        if not _inside(m.start(), math) and not _is_false_stop(text, m.start()):
+        if not _inside(m.start(), math, starts) and not _is_false_stop(text, m.start()):
             cuts.add(m.end())
-    display_starts = {a for a, _ in math if text.startswith(("$$", "\\["), a)}
-    for i, ch in enumerate(text):
-        if ch == "\n" and not _inside(i, math):
-            nxt = len(text) - len(text[i:].lstrip())
-            line = text[:i].rstrip()
-            # "We have\n\\[ x = 2 \\]": an unfinished line continues into its display equation.
-            if nxt in display_starts and line and line[-1] not in ".!?":
-                continue
-            cuts.add(i)
+    display_starts = {a for a in starts if text.startswith(("$$", "\\["), a)}
+    for m in _NEXT_LINE.finditer(text):
+        i, nxt = m.start(), m.end()
+        if _inside(i, math, starts):
+            continue
+        # "We have\n\\[ x = 2 \\]": an unfinished line continues into its display equation.
+        before = _last_nonspace(text, i)
+        if nxt in display_starts and before and before not in ".!?":
+            continue
+        cuts.add(i)
     # Each cut moves forward over whitespace so the separator stays with the earlier sentence.
     boundaries: set[int] = set()
     for cut in cuts:

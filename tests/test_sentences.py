@@ -66,3 +66,7 @@ def test_blank_lines_split_and_leading_whitespace_joins_first_sentence():
 
 def test_question_and_exclamation_marks():
     assert pieces("Is it 4? Yes! Good.") == ["Is it 4? ", "Yes! ", "Good."]
+
+
+def test_step_number_after_an_unpunctuated_line_is_a_list_marker():
+    assert pieces("We have\n2. Add 3 to it.") == ["We have\n", "2. Add 3 to it."]
