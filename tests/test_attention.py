@@ -59,9 +59,14 @@ def brute_force(model, trace, by="segments"):
 @pytest.mark.parametrize("model_name", ["gpt2", "qwen"])
 @pytest.mark.parametrize("by", ["segments", "sentences"])
 @pytest.mark.parametrize("chunked", [False, True])
-def test_matches_brute_force_from_full_patterns(request, monkeypatch, model_name, by, chunked):
+@pytest.mark.parametrize("slices", [False, True])
+def test_matches_brute_force_from_full_patterns(
+    request, monkeypatch, model_name, by, chunked, slices
+):
     if chunked:  # blocks of 16 rows: exercises the causal truncation of each row chunk
         monkeypatch.setattr(rc.attention, "_CHUNK_ELEMENTS", 16)
+    # key masses by slice sums over contiguous parts, or by the one-hot matmul
+    monkeypatch.setattr(rc.attention, "_SLICE_PARTS_MAX", 64 if slices else 0)
     model = request.getfixturevalue(model_name)
     trace = make_trace(model.tokenizer)
     profile = AttentionProfile.compute(model, trace, by=by, statistics=ALL)
@@ -90,7 +95,9 @@ def test_masses_over_key_parts_sum_to_one(request, model_name, prompt, reasoning
 
 
 @pytest.mark.parametrize("model_name", ["gpt2", "qwen"])
-def test_batched_equals_one_at_a_time(request, model_name):
+@pytest.mark.parametrize("slices", [False, True])
+def test_batched_equals_one_at_a_time(request, monkeypatch, model_name, slices):
+    monkeypatch.setattr(rc.attention, "_SLICE_PARTS_MAX", 64 if slices else 0)
     model = request.getfixturevalue(model_name)
     tok = model.tokenizer
     traces = [
@@ -205,3 +212,14 @@ def test_segment_statistics_hand_computed():
     assert out["row_count"][0].tolist() == [0.0, 2.0]
     # Gini: row 1 = |0.25-0.75|*2/(2*2) = 0.25; row 2 = (0.25*2 + 0.25*2 + 0)/(2*3) = 1/6
     assert out["gini_sum"][0, 0, 1].item() == pytest.approx(0.25 + 1 / 6, abs=1e-6)
+
+
+def test_non_contiguous_labels_use_the_general_path():
+    import torch
+
+    pattern = torch.tensor([[[[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.2, 0.3, 0.5]]]])
+    labels = torch.tensor([[1, 0, 1]])  # part 1 is not one run: slice sums would be wrong
+    assert rc.attention._contiguous_runs(labels, 2) is None
+    out = rc.segment_statistics(pattern, labels, 2, statistics=("mass",))
+    # part-1 rows q=0 and q=2: to part 0 = 0 + 0.3; to part 1 = 1 + 0.7
+    torch.testing.assert_close(out["mass_sum"][0, 0, 1], torch.tensor([0.3, 1.7]))
