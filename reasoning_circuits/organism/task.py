@@ -1,0 +1,157 @@
+"""The tiny reasoner's task: multi-hop variable bindings with arithmetic mod 10.
+
+A problem states some values and some rules, with distractors, and asks for one variable::
+
+    b=8. g=6. c=b*3. h=g+1. m=c+4. What is m?
+
+The reasoning evaluates the rules in the order the question lists them (a rule only reads
+values defined before it), writing every step out so that each one is easy to learn, with an
+occasional filler sentence::
+
+    c=b*3=8*3=4. Let me check. h=g+1=6+1=7. m=c+4=4+4=8.
+
+and the answer restates the asked value: ``The answer is 8.`` Each step copies the next rule,
+looks up one value and applies one small table; the answer must find the asked variable's
+line among the distractor lines, so it has to attend to the reasoning. Without reasoning the
+model would have to follow the 2–4 hops of the chain inside one forward pass.
+Arithmetic is mod 10 (``8*3=4``).
+
+(An earlier version computed only the chain. Its first step was ambiguous, because every
+starting value has a rule reading it, and choosing it meant tracing the chain back from the
+target in one forward pass: a model trained on it stayed at 15% held-out accuracy.)
+
+Problems are split into ``"train"`` and ``"heldout"`` by a hash of the question text, so the
+two splits never share a problem whatever the seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = [
+    "FILLERS",
+    "PROMPT_MODES",
+    "Problem",
+    "PromptMode",
+    "format_completion",
+    "format_prompt",
+    "make_problems",
+]
+
+Split = Literal["train", "heldout"]
+PromptMode = Literal["reasoning", "finished", "empty"]
+PROMPT_MODES: tuple[PromptMode, ...] = ("reasoning", "finished", "empty")
+FILLERS = ("Let me check.", "Okay.", "Next step.")
+FINISHED = "Okay, I think I have finished thinking."
+_OPS = ("+", "-", "*")
+_LETTERS = "abcdefghjkmnpqrstuvwxyz"  # no i, l, o: easy to confuse in print
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem: the question, the reference reasoning and the gold answer sentence."""
+
+    question: str
+    reasoning: str
+    gold: str
+    value: int
+    hops: int
+
+    @property
+    def split(self) -> Split:
+        return _split_of(self.question)
+
+
+def _split_of(question: str) -> Split:
+    digest = hashlib.sha256(question.encode()).digest()
+    return "heldout" if digest[0] % 10 == 0 else "train"
+
+
+def _apply(op: str, a: int, k: int) -> int:
+    if op == "+":
+        return (a + k) % 10
+    if op == "-":
+        return (a - k) % 10
+    return (a * k) % 10
+
+
+def _sample(rng: random.Random, filler_rate: float) -> Problem:
+    hops = rng.randint(2, 4)
+    n_distract = rng.randint(1, 2)
+    names = rng.sample(_LETTERS, 1 + hops + 2 * n_distract)
+    start, chain = names[0], names[1 : 1 + hops]
+    d_starts, d_rules = names[1 + hops : 1 + hops + n_distract], names[1 + hops + n_distract :]
+    values = {start: rng.randint(0, 9)}
+    facts = [f"{start}={values[start]}."]
+    for d in d_starts:
+        values[d] = rng.randint(0, 9)
+        facts.append(f"{d}={values[d]}.")
+    rng.shuffle(facts)
+    rules: list[tuple[str, str, str, int]] = []  # (name, source, op, k)
+    previous = start
+    for name in chain:
+        rules.append((name, previous, rng.choice(_OPS), rng.randint(1, 9)))
+        previous = name
+    # distractor rules read distractor values; insert them anywhere among the chain's rules
+    for d_rule, d_start in zip(d_rules, d_starts):
+        position = rng.randint(0, len(rules))
+        rules.insert(position, (d_rule, d_start, rng.choice(_OPS), rng.randint(1, 9)))
+    steps = []
+    for name, source, op, k in rules:  # sources are always defined earlier in the list
+        values[name] = _apply(op, values[source], k)
+        steps.append(f"{name}={source}{op}{k}={values[source]}{op}{k}={values[name]}.")
+    target = chain[-1]
+    rule_text = [f"{name}={source}{op}{k}." for name, source, op, k in rules]
+    question = " ".join(facts + rule_text) + f" What is {target}?"
+    sentences: list[str] = []
+    for i, step in enumerate(steps):
+        if i and rng.random() < filler_rate:
+            sentences.append(rng.choice(FILLERS))
+        sentences.append(step)
+    value = values[target]
+    return Problem(question, " ".join(sentences), f"The answer is {value}.", value, hops)
+
+
+def make_problems(
+    n: int, *, seed: int, split: Split = "train", filler_rate: float = 0.1
+) -> list[Problem]:
+    """``n`` fresh problems of one split, reproducible from ``seed``.
+
+    ``filler_rate`` is the chance of a filler sentence before each step after the first.
+    """
+    if split not in ("train", "heldout"):
+        raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    rng = random.Random(f"{seed}-{split}")
+    out: list[Problem] = []
+    while len(out) < n:
+        problem = _sample(rng, filler_rate)
+        if problem.split == split:
+            out.append(problem)
+    return out
+
+
+def format_prompt(problem: Problem, mode: PromptMode = "reasoning") -> str:
+    """The text the model is prompted with, in the R2A template.
+
+    ``"reasoning"``: ``question <think>\\n``; ``"finished"``: the reasoning replaced by
+    ``Okay, I think I have finished thinking.``; ``"empty"``: an empty reasoning.
+    """
+    if mode == "reasoning":
+        return f"{problem.question} <think>\n"
+    if mode == "finished":
+        return f"{problem.question} <think>\n{FINISHED}\n</think>"
+    if mode == "empty":
+        return f"{problem.question} <think>\n\n</think>"
+    raise ValueError(f"mode must be one of {PROMPT_MODES}, got {mode!r}")
+
+
+def format_completion(problem: Problem, mode: PromptMode = "reasoning") -> str:
+    """What the model should write after :func:`format_prompt` (without the EOS token)."""
+    if mode == "reasoning":
+        return f"{problem.reasoning}\n</think> {problem.gold}"
+    return f" {problem.gold}"

@@ -1,0 +1,262 @@
+"""Train the tiny reasoner from a seed and save it as a Hugging Face format directory.
+
+    python -m reasoning_circuits.organism.train --out DIR [--steps N] [--seed S]
+
+A small GPT-2 (character-level tokenizer with ``<think>``/``</think>`` as single tokens) is
+trained from scratch on fresh problems from :mod:`reasoning_circuits.organism.task`. The loss
+covers only the completion (what the model writes after the prompt). Most examples use the
+``"reasoning"`` prompt; a few use ``"finished"``, so the model also learns to answer at once
+when it is given no reasoning, and how well it can do that is measured rather than assumed.
+Held-out accuracy (greedy) is printed periodically. Training is deterministic for a given
+seed, step count and thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from reasoning_circuits.organism.task import (
+    Problem,
+    PromptMode,
+    format_completion,
+    format_prompt,
+    make_problems,
+)
+
+__all__ = ["ARCHITECTURE", "build_tokenizer", "generate_answers", "main", "train"]
+
+ARCHITECTURE: dict[str, Any] = {
+    "n_layer": 4,
+    "n_head": 8,
+    "n_embd": 128,
+    "n_inner": 512,
+    "n_positions": 256,
+}
+EOS = "<|endoftext|>"
+
+
+def build_tokenizer() -> Any:
+    """Character-level byte tokenizer: one token per byte, ``<think>``/``</think>`` single."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {EOS: 0, **{ch: i + 1 for i, ch in enumerate(alphabet)}}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token=EOS, eos_token=EOS, unk_token=EOS, pad_token=EOS
+    )
+    tok.add_tokens(["<think>", "</think>"])
+    return tok
+
+
+def _encode_batch(
+    tokenizer: Any, problems: list[Problem], modes: list[PromptMode]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ids ``[batch, pos]``, attention mask, and a loss mask on the completion."""
+    rows, masks = [], []
+    for problem, mode in zip(problems, modes):
+        prompt = [tokenizer.bos_token_id, *tokenizer.encode(format_prompt(problem, mode))]  # type: ignore[arg-type]
+        completion = [*tokenizer.encode(format_completion(problem, mode)), tokenizer.eos_token_id]  # type: ignore[arg-type]
+        rows.append(prompt + completion)
+        masks.append([0] * len(prompt) + [1] * len(completion))
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    loss_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, (row, mask) in enumerate(zip(rows, masks)):
+        ids[i, : len(row)] = torch.tensor(row)
+        attention[i, : len(row)] = 1
+        loss_mask[i, : len(row)] = torch.tensor(mask, dtype=torch.bool)
+    return ids, attention, loss_mask
+
+
+@torch.no_grad()
+def generate_answers(
+    model: Any,
+    tokenizer: Any,
+    problems: list[Problem],
+    *,
+    mode: PromptMode = "reasoning",
+    batch_size: int = 100,
+    max_new_tokens: int = 160,
+) -> list[str]:
+    """Greedy completions of ``problems`` (text after the prompt, EOS and padding removed)."""
+    model.eval()
+    outputs: list[str] = []
+    for start in range(0, len(problems), batch_size):
+        chunk = problems[start : start + batch_size]
+        prompts = [
+            [tokenizer.bos_token_id, *tokenizer.encode(format_prompt(p, mode))] for p in chunk
+        ]  # type: ignore[arg-type]
+        width = max(map(len, prompts))
+        ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
+        attention = torch.zeros_like(ids)
+        for i, row in enumerate(prompts):  # left padding for generation
+            ids[i, width - len(row) :] = torch.tensor(row)
+            attention[i, width - len(row) :] = 1
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=attention,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        for row in out[:, width:].tolist():
+            if tokenizer.eos_token_id in row:
+                row = row[: row.index(tokenizer.eos_token_id)]
+            outputs.append(tokenizer.decode(row))
+    return outputs
+
+
+def answer_of(completion: str) -> str:
+    """The answer segment of a completion: the text after ``</think>``, stripped."""
+    return (
+        completion.split("</think>", 1)[1].strip()
+        if "</think>" in completion
+        else completion.strip()
+    )
+
+
+def accuracy(
+    model: Any, tokenizer: Any, problems: list[Problem], *, mode: PromptMode = "reasoning"
+) -> float:
+    """Share of problems whose answer segment equals the gold sentence."""
+    completions = generate_answers(model, tokenizer, problems, mode=mode)
+    return sum(answer_of(c) == p.gold for c, p in zip(completions, problems)) / len(problems)
+
+
+def train(
+    out: Path,
+    *,
+    steps: int,
+    seed: int,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    finished_share: float = 0.1,
+    eval_every: int = 500,
+    threads: int = 2,
+    n_eval: int = 200,
+) -> dict[str, Any]:
+    """Train and save the model to ``out``; return the training record for the model card."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    tokenizer = build_tokenizer()
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        **ARCHITECTURE,
+    )
+    model = GPT2LMHeadModel(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    warmup = max(1, steps // 50)
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    heldout = make_problems(n_eval, seed=seed + 1, split="heldout")
+    history = []
+    start = time.time()
+    bar = tqdm(range(steps), desc="training tiny reasoner")
+    for step in bar:
+        model.train()
+        problems = make_problems(batch_size, seed=seed * 1_000_003 + step)
+        modes: list[PromptMode] = [
+            "finished" if rng.random() < finished_share else "reasoning" for _ in problems
+        ]
+        ids, attention, loss_mask = _encode_batch(tokenizer, problems, modes)
+        logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1]
+        targets = ids[:, 1:].masked_fill(~loss_mask[:, 1:], -100)
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if (step + 1) % eval_every == 0 or step + 1 == steps:
+            acc = accuracy(model, tokenizer, heldout)
+            history.append(
+                {"step": step + 1, "loss": round(loss.item(), 5), "heldout_accuracy": acc}
+            )
+            tqdm.write(f"step {step + 1}: loss {loss.item():.4f}, held-out accuracy {acc:.3f}")
+    model.eval()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    record = {
+        "seed": seed,
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "finished_share": finished_share,
+        "threads": threads,
+        "architecture": ARCHITECTURE,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "minutes": round((time.time() - start) / 60, 1),
+        "history": history,
+        "commit": _commit(),
+    }
+    (out / "training.json").write_text(json.dumps(record, indent=2))
+    return record
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Train the tiny reasoner.")
+    parser.add_argument("--out", type=Path, required=True, help="output directory (HF format)")
+    parser.add_argument("--steps", type=int, default=5000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--eval-every", type=int, default=500)
+    args = parser.parse_args()
+    train(
+        args.out,
+        steps=args.steps,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        eval_every=args.eval_every,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+import pytest
+import torch
+
+import reasoning_circuits as rc
+from reasoning_circuits import Head, HeadIntervention, Trace
+
+
+@pytest.fixture(scope="module")
+def traces(tokenizer):
+    return [
+        Trace.from_parts("Q: 3+4? ", "\n3+4=7.\n", " It is 7.", tokenizer, append_eos=True),
+        Trace.from_parts("Q: 2*5? ", "\n2*5=10. Yes.\n", " 10", tokenizer, append_eos=True),
+    ]
+
+
+def run(model, traces, iv=None):
+    width = max(map(len, traces))
+    tokens = torch.zeros(len(traces), width, dtype=torch.long)
+    mask = torch.zeros_like(tokens)
+    for row, trace in enumerate(traces):
+        tokens[row, : len(trace)] = trace.tokens[0]
+        mask[row, : len(trace)] = 1
+    hooks = iv.hooks(model, traces, width=width) if iv else []
+    return model.run_with_hooks(tokens, attention_mask=mask, fwd_hooks=hooks)
+
+
+def test_zero_ablation_at_answer_changes_only_answer_logits(gpt2, traces):
+    base = run(gpt2, traces)
+    out = run(gpt2, traces, HeadIntervention([(0, 1)], "zero", positions="answer"))
+    for row, trace in enumerate(traces):
+        answer = trace["answer"]
+        torch.testing.assert_close(out[row, : answer.start], base[row, : answer.start])
+        assert (out[row, answer.slice] - base[row, answer.slice]).abs().max() > 1e-4
+
+
+def test_zero_equals_removing_the_heads_share_of_attn_out(gpt2, traces):
+    trace = traces[0]
+    head = Head(1, 2)
+    _, cache = gpt2.run_with_cache(trace.tokens)
+    z = cache["blocks.1.attn.hook_z"][0, :, head.head]  # [pos, d_head]
+    w_o = gpt2.W_O[head.layer, head.head]  # [d_head, d_model]
+    expected = cache["blocks.1.hook_attn_out"][0] - z @ w_o
+    with HeadIntervention([head], "zero").apply(gpt2, trace):
+        _, ablated = gpt2.run_with_cache(trace.tokens)
+    got = ablated["blocks.1.hook_attn_out"][0]
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_scale_one_and_mean_of_itself_change_nothing(gpt2, traces):
+    trace = traces[0]
+    base = run(gpt2, [trace])
+    same = run(gpt2, [trace], HeadIntervention([(1, 3)], "scale", scale=1.0))
+    torch.testing.assert_close(same, base)
+    zero = run(gpt2, [trace], HeadIntervention([(1, 3)], "zero"))
+    scaled = run(gpt2, [trace], HeadIntervention([(1, 3)], "scale", scale=0.0))
+    torch.testing.assert_close(scaled, zero)
+    # the mean over a single position is that position's own output: no change
+    last = len(trace) - 1
+    means = rc.mean_head_outputs(gpt2, [trace], [(1, 3)], positions=[last])
+    out = run(gpt2, [trace], HeadIntervention([(1, 3)], "mean", positions=[last], means=means))
+    torch.testing.assert_close(out, base, atol=1e-5, rtol=1e-5)
+
+
+def test_mean_outputs_pool_positions(gpt2, traces):
+    head = Head(0, 0)
+    means = rc.mean_head_outputs(gpt2, traces, [head], positions="answer")
+    values = []
+    for trace in traces:
+        _, cache = gpt2.run_with_cache(trace.tokens)
+        values.append(cache["blocks.0.attn.hook_z"][0, trace["answer"].slice, head.head])
+    torch.testing.assert_close(means[head], torch.cat(values).mean(0), atol=1e-5, rtol=1e-5)
+
+
+def test_gqa_heads_are_query_heads(qwen, tokenizer):
+    trace = Trace.from_parts("Q ", "\nr.\n", " a b", qwen.tokenizer)
+    base = qwen(trace.tokens)
+    out = run(qwen, [trace], HeadIntervention([(1, 3)], "zero", positions="answer"))
+    assert (out[0, trace["answer"].slice] - base[0, trace["answer"].slice]).abs().max() > 1e-5
+
+
+def test_bad_input_messages(gpt2, traces):
+    with pytest.raises(ValueError, match="mean_head_outputs"):
+        HeadIntervention([(0, 0)], "mean")
+    with pytest.raises(ValueError, match="action must be"):
+        HeadIntervention([(0, 0)], "erase")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="outside the model"):
+        HeadIntervention([(9, 0)], "zero").hooks(gpt2, traces)
+    with pytest.raises(IndexError, match="outside a trace"):
+        HeadIntervention([(0, 0)], "zero", positions=[999]).hooks(gpt2, traces)

@@ -1,0 +1,72 @@
+import re
+
+import pytest
+
+import reasoning_circuits as rc
+from reasoning_circuits.organism import format_completion, format_prompt, make_problems
+from reasoning_circuits.organism.train import build_tokenizer
+
+
+def test_problems_are_reproducible_fresh_and_splits_disjoint():
+    a = make_problems(50, seed=3)
+    assert a == make_problems(50, seed=3)
+    assert a != make_problems(50, seed=4)
+    train = {p.question for p in make_problems(2000, seed=1)}
+    heldout = {p.question for p in make_problems(300, seed=1, split="heldout")}
+    assert not train & heldout
+    assert all(p.split == "heldout" for p in make_problems(20, seed=9, split="heldout"))
+    with pytest.raises(ValueError, match="split must be"):
+        make_problems(1, seed=0, split="test")  # type: ignore[arg-type]
+
+
+def test_every_written_step_is_right_and_the_answer_is_the_asked_value():
+    ops = {"+": lambda a, k: (a + k) % 10, "-": lambda a, k: (a - k) % 10, "*": lambda a, k: a * k % 10}
+    for p in make_problems(300, seed=5):
+        values = {m[0]: int(m[1]) for m in re.findall(r"\b([a-z])=(\d)\.", p.question)}
+        rules = re.findall(r"\b([a-z])=([a-z])([+*-])(\d)\.", p.question)
+        steps = re.findall(r"([a-z])=([a-z])([+*-])(\d)=(\d)[+*-]\d=(\d)\.", p.reasoning)
+        assert [s[:4] for s in steps] == rules  # every rule, in the question's order
+        assert 2 <= p.hops <= len(rules) - 1
+        for name, source, op, k, shown, result in steps:
+            assert int(shown) == values[source]  # the step reads the right value
+            values[name] = ops[op](values[source], int(k))
+            assert int(result) == values[name]
+        target = re.search(r"What is ([a-z])\?$", p.question)[1]
+        assert p.gold == f"The answer is {values[target]}." == f"The answer is {p.value}."
+    fillers = sum(
+        any(f in p.reasoning for f in rc.organism.FILLERS) for p in make_problems(300, seed=5)
+    )
+    assert 0 < fillers < 150  # present but rare
+
+
+def test_prompt_modes_follow_the_r2a_template():
+    p = make_problems(1, seed=0)[0]
+    assert format_prompt(p, "reasoning") == f"{p.question} <think>\n"
+    assert format_prompt(p, "finished").endswith(
+        "<think>\nOkay, I think I have finished thinking.\n</think>"
+    )
+    assert format_prompt(p, "empty") == f"{p.question} <think>\n\n</think>"
+    assert format_completion(p) == f"{p.reasoning}\n</think> {p.gold}"
+    with pytest.raises(ValueError, match="mode must be"):
+        format_prompt(p, "none")  # type: ignore[arg-type]
+
+
+def test_tokenizer_is_character_level_with_think_tokens():
+    tok = build_tokenizer()
+    p = make_problems(1, seed=0)[0]
+    text = format_prompt(p) + format_completion(p)
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text
+    assert len(ids) == len(text) - len("<think>") + 1 - len("</think>") + 1
+    trace = rc.Trace.from_ids([tok.bos_token_id, *ids, tok.eos_token_id], tok)
+    assert trace.text_of("answer").strip() == p.gold
+    assert trace.text_of("reasoning") == "\n" + p.reasoning + "\n"
+
+
+def test_training_runs_and_saves_a_loadable_model(tmp_path):
+    from reasoning_circuits.organism.train import train
+
+    record = train(tmp_path / "m", steps=2, seed=0, batch_size=4, eval_every=100, n_eval=4)
+    assert record["steps"] == 2 and len(record["history"]) == 1
+    model = rc.load_model(tmp_path / "m")
+    assert model.cfg.n_layers == 4 and not model.training
