@@ -12,7 +12,7 @@ Data flows one way::
 (2, 4)
 """
 
-from reasoning_circuits import organism, plotting, testing
+from reasoning_circuits import metrics, organism, plotting, testing
 from reasoning_circuits.attention import AttentionProfile, ProfileSet, segment_statistics
 from reasoning_circuits.errors import (
     ContextLengthError,
@@ -29,7 +29,11 @@ from reasoning_circuits.heads import (
     rank_heads,
     rank_stability,
 )
-from reasoning_circuits.interventions import HeadIntervention, mean_head_outputs
+from reasoning_circuits.interventions import (
+    HeadIntervention,
+    capture_head_outputs,
+    mean_head_outputs,
+)
 from reasoning_circuits.models import load_model
 from reasoning_circuits.sentences import split_sentences
 from reasoning_circuits.trace import SEGMENT_NAMES, Segment, Trace
@@ -49,10 +53,12 @@ __all__ = [
     "Segment",
     "Trace",
     "TraceFormatError",
+    "capture_head_outputs",
     "contrast_heads",
     "induction_scores",
     "load_model",
     "mean_head_outputs",
+    "metrics",
     "organism",
     "plotting",
     "previous_token_scores",

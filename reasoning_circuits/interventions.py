@@ -6,9 +6,17 @@ A :class:`HeadIntervention` names some heads, an action and where it applies:
 * ``"mean"``: the head writes its mean output over a reference set (see
   :func:`mean_head_outputs`): mean ablation removes what the head says *about this input*
   while keeping its average contribution, so the residual stream stays in distribution;
-* ``"scale"``: the head's output is multiplied by ``scale``.
+* ``"scale"``: the head's output is multiplied by ``scale``;
+* ``"patch"``: the head writes what it wrote in a *source* run (see
+  :func:`capture_head_outputs`), position by position: the clean/corrupted patching of
+  activation-patching studies, or resample ablation when the source is another input;
+* ``"knockout"``: the head cannot attend from the ``query`` segment to the ``key`` segment
+  (e.g. answer → reasoning). This edits the pre-softmax scores (``hook_attn_scores``) to the
+  dtype's minimum, so the softmax renormalises each row over the keys that remain: exactly
+  "the head never saw those keys". A row with no other key left would be undefined; causal
+  rows always keep at least themselves unless the key segment contains the query.
 
-It acts on ``blocks.{layer}.attn.hook_z`` (``[batch, pos, head, d_head]``, one slot per
+The first four act on ``blocks.{layer}.attn.hook_z`` (``[batch, pos, head, d_head]``, one slot per
 *query* head, also in grouped-query models), i.e. on what the head writes before the output
 projection. Positions are a segment name (``"answer"``), a :class:`Segment`, token indices, or
 ``None`` for every position; with several traces in a batch each row gets its own positions.
@@ -27,6 +35,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
+import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -34,9 +44,16 @@ from torch import Tensor
 from reasoning_circuits.heads import Head, as_heads
 from reasoning_circuits.trace import Segment, Trace
 
-__all__ = ["HeadIntervention", "Positions", "mean_head_outputs", "position_mask"]
+__all__ = [
+    "Effect",
+    "HeadIntervention",
+    "Positions",
+    "capture_head_outputs",
+    "mean_head_outputs",
+    "position_mask",
+]
 
-Action = Literal["zero", "mean", "scale"]
+Action = Literal["zero", "mean", "scale", "patch", "knockout"]
 Positions = str | Segment | Sequence[int] | None
 Hook = tuple[str, Callable[..., Any]]
 
@@ -67,10 +84,14 @@ class HeadIntervention:
 
     Args:
         heads: ``Head`` objects or ``(layer, head)`` pairs.
-        action: ``"zero"``, ``"mean"`` or ``"scale"``.
-        positions: a segment name, a ``Segment``, token indices, or ``None`` (all).
+        action: ``"zero"``, ``"mean"``, ``"scale"``, ``"patch"`` or ``"knockout"``.
+        positions: where ``zero``/``mean``/``scale``/``patch`` act: a segment name, a
+            ``Segment``, token indices, or ``None`` (all positions).
         means: for ``"mean"``: ``{Head: [d_head] tensor}``, from :func:`mean_head_outputs`.
         scale: for ``"scale"``: the factor.
+        source: for ``"patch"``: ``{Head: [batch, pos, d_head] tensor}`` from
+            :func:`capture_head_outputs` on the source inputs (row i patches batch row i).
+        query, key: for ``"knockout"``: segment names; ``query`` rows lose ``key`` keys.
     """
 
     heads: tuple[Head, ...]
@@ -78,6 +99,9 @@ class HeadIntervention:
     positions: Positions = None
     means: dict[Head, Tensor] | None = None
     scale: float = 1.0
+    source: dict[Head, Tensor] | None = None
+    query: str | None = None
+    key: str | None = None
 
     def __init__(
         self,
@@ -87,24 +111,42 @@ class HeadIntervention:
         positions: Positions = None,
         means: dict[Head, Tensor] | None = None,
         scale: float = 1.0,
+        source: dict[Head, Tensor] | None = None,
+        query: str | None = None,
+        key: str | None = None,
     ) -> None:
         chosen = tuple(as_heads(heads))
         if not chosen:
             raise ValueError("heads is empty; name at least one (layer, head)")
-        if action not in ("zero", "mean", "scale"):
-            raise ValueError(f"action must be 'zero', 'mean' or 'scale', got {action!r}")
-        if action == "mean":
-            missing = [str(h) for h in chosen if means is None or h not in means]
+        if action not in ("zero", "mean", "scale", "patch", "knockout"):
+            raise ValueError(
+                f"action must be 'zero', 'mean', 'scale', 'patch' or 'knockout', got {action!r}"
+            )
+        needs = {
+            "mean": (means, "mean_head_outputs", "means"),
+            "patch": (source, "capture_head_outputs", "source"),
+        }
+        if action in needs:
+            given, helper, name = needs[action]
+            missing = [str(h) for h in chosen if given is None or h not in given]
             if missing:
                 raise ValueError(
-                    f"action='mean' needs a mean output for {missing}; compute them with "
-                    "rc.mean_head_outputs(model, reference_traces, heads) and pass means=..."
+                    f"action={action!r} needs values for {missing}; compute them with "
+                    f"rc.{helper}(model, traces, heads) and pass {name}=..."
                 )
+        if action == "knockout" and (query is None or key is None):
+            raise ValueError(
+                "action='knockout' needs query= and key= segment names, e.g. "
+                "query='answer', key='reasoning'"
+            )
         object.__setattr__(self, "heads", chosen)
         object.__setattr__(self, "action", action)
         object.__setattr__(self, "positions", positions)
         object.__setattr__(self, "means", means)
         object.__setattr__(self, "scale", float(scale))
+        object.__setattr__(self, "source", source)
+        object.__setattr__(self, "query", query)
+        object.__setattr__(self, "key", key)
 
     def hooks(
         self, model: Any, traces: Trace | Sequence[Trace], *, width: int | None = None
@@ -120,10 +162,20 @@ class HeadIntervention:
                 raise ValueError(
                     f"{head} is outside the model ({n_layers} layers × {n_heads} heads)"
                 )
-        mask = position_mask(trace_list, self.positions, width or max(map(len, trace_list)))
+        width = width or max(map(len, trace_list))
         by_layer: dict[int, list[Head]] = {}
         for head in self.heads:
             by_layer.setdefault(head.layer, []).append(head)
+        if self.action == "knockout":
+            assert self.query is not None and self.key is not None
+            rows = position_mask(trace_list, self.query, width)
+            keys = position_mask(trace_list, self.key, width)
+            blocked = rows[:, :, None] & keys[:, None, :]  # [batch, query, key]
+            return [
+                (f"blocks.{layer}.attn.hook_attn_scores", self._knockout(heads, blocked))
+                for layer, heads in by_layer.items()
+            ]
+        mask = position_mask(trace_list, self.positions, width)
         return [
             (f"blocks.{layer}.attn.hook_z", self._hook(heads, mask))
             for layer, heads in by_layer.items()
@@ -140,12 +192,62 @@ class HeadIntervention:
                 elif self.action == "mean":
                     assert self.means is not None
                     new = self.means[head].to(current).expand_as(current)
+                elif self.action == "patch":
+                    assert self.source is not None
+                    new = _fit(self.source[head], current)
                 else:
                     new = current * self.scale
                 z[:, :, head.head] = torch.where(where[..., None], new, current)
             return z
 
         return hook_fn
+
+    def _knockout(self, heads: list[Head], blocked: Tensor) -> Callable[..., Tensor]:
+        def hook_fn(scores: Float[Tensor, "batch head query key"], *, hook: Any) -> Tensor:
+            n = scores.shape[-1]
+            where = blocked[:, :n, :n].to(scores.device)
+            scores = scores.clone()
+            floor = torch.finfo(scores.dtype).min
+            for head in heads:
+                scores[:, head.head] = scores[:, head.head].masked_fill(where, floor)
+            return scores
+
+        return hook_fn
+
+    def effect(
+        self,
+        model: Any,
+        traces: Sequence[Trace],
+        metric: Callable[..., np.ndarray] | None = None,
+        *,
+        confidence: float = 0.95,
+        n_resamples: int = 2000,
+        seed: int = 0,
+    ) -> Effect:
+        """The metric per trace without and with the intervention, and their difference.
+
+        ``metric(model, traces, intervention_or_None)`` returns one value per trace; the
+        default is :func:`reasoning_circuits.metrics.answer_logprob`. The CI of the mean
+        difference is a percentile bootstrap over traces (one trace per problem, please).
+        """
+        from reasoning_circuits.metrics import answer_logprob
+
+        score = metric or answer_logprob
+        trace_list = list(traces)
+        before = np.asarray(score(model, trace_list, None), dtype=float)
+        after = np.asarray(score(model, trace_list, self), dtype=float)
+        diff = after - before
+        rng = np.random.default_rng(seed)
+        draws = rng.integers(0, len(diff), size=(n_resamples, len(diff)))
+        means = diff[draws].mean(1)
+        alpha = (1 - confidence) / 2
+        return Effect(
+            before,
+            after,
+            float(diff.mean()),
+            (float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))),
+            getattr(score, "__name__", "metric"),
+        )
 
     @contextmanager
     def apply(
@@ -163,6 +265,86 @@ class HeadIntervention:
                 handle.hook.remove()
             for point in model.hook_dict.values():
                 point.fwd_hooks = [h for h in point.fwd_hooks if h not in handles]
+
+
+@dataclass(frozen=True)
+class Effect:
+    """Per-trace metric values ``before`` and ``after`` an intervention, and the mean change."""
+
+    before: np.ndarray
+    after: np.ndarray
+    mean_diff: float
+    ci: tuple[float, float]
+    metric: str
+
+    @property
+    def diff(self) -> np.ndarray:
+        """``after - before`` per trace."""
+        return self.after - self.before
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per trace: ``trace, before, after, diff``."""
+        return pd.DataFrame(
+            {
+                "trace": np.arange(len(self.before)),
+                "before": self.before,
+                "after": self.after,
+                "diff": self.diff,
+            }
+        )
+
+    def __str__(self) -> str:
+        low, high = self.ci
+        return (
+            f"{self.metric}: {self.before.mean():.4f} → {self.after.mean():.4f} "
+            f"(mean change {self.mean_diff:+.4f}, 95% CI [{low:+.4f}, {high:+.4f}], "
+            f"n={len(self.before)})"
+        )
+
+
+def _fit(source: Tensor, current: Tensor) -> Tensor:
+    """The source values for the rows and positions of ``current`` (``[batch, pos, d_head]``)."""
+    batch, width = current.shape[:2]
+    if source.shape[0] != batch and source.shape[0] != 1:
+        raise ValueError(
+            f"the patch source has {source.shape[0]} rows but the batch has {batch}; capture "
+            "the source from as many inputs as are patched (or from one, for all of them)"
+        )
+    if source.shape[1] < width:
+        pad = torch.zeros(source.shape[0], width - source.shape[1], source.shape[2])
+        source = torch.cat([source, pad.to(source)], dim=1)
+    return source[:, :width].to(current).expand(batch, -1, -1)
+
+
+@torch.no_grad()
+def capture_head_outputs(
+    model: Any, traces: Trace | Sequence[Trace], heads: Iterable[Head | tuple[int, int]]
+) -> dict[Head, Float[Tensor, "batch pos d_head"]]:
+    """Each head's ``hook_z`` output on ``traces`` (one batch, right-padded with zeros)."""
+    trace_list = [traces] if isinstance(traces, Trace) else list(traces)
+    chosen = as_heads(heads)
+    width = max(map(len, trace_list))
+    tokens = torch.zeros(len(trace_list), width, dtype=torch.long)
+    valid = position_mask(trace_list, None, width)
+    for row, trace in enumerate(trace_list):
+        tokens[row, : len(trace)] = trace.tokens[0]
+    out: dict[Head, Tensor] = {}
+
+    def grab(z: Tensor, *, hook: Any) -> None:
+        layer = int(hook.name.split(".")[1])
+        for h in chosen:
+            if h.layer == layer:
+                out[h] = (z[:, :, h.head] * valid[..., None].to(z)).detach().cpu()
+
+    model.run_with_hooks(
+        tokens.to(model.cfg.device),
+        attention_mask=valid.long().to(model.cfg.device) if len(trace_list) > 1 else None,
+        return_type=None,
+        fwd_hooks=[
+            (f"blocks.{layer}.attn.hook_z", grab) for layer in sorted({h.layer for h in chosen})
+        ],
+    )
+    return out
 
 
 @torch.no_grad()

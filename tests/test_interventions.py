@@ -87,3 +87,81 @@ def test_bad_input_messages(gpt2, traces):
         HeadIntervention([(9, 0)], "zero").hooks(gpt2, traces)
     with pytest.raises(IndexError, match="outside a trace"):
         HeadIntervention([(0, 0)], "zero", positions=[999]).hooks(gpt2, traces)
+
+
+def test_patch_makes_the_head_output_equal_the_source_and_nothing_else(gpt2, traces):
+    target, source = traces
+    head = Head(1, 2)
+    captured = rc.capture_head_outputs(gpt2, source, [head])
+    _, before = gpt2.run_with_cache(target.tokens)
+    with HeadIntervention([head], "patch", source=captured).apply(gpt2, target):
+        _, after = gpt2.run_with_cache(target.tokens)
+    z, z0 = after["blocks.1.attn.hook_z"][0], before["blocks.1.attn.hook_z"][0]
+    n = min(len(target), len(source))
+    torch.testing.assert_close(z[:n, head.head], captured[head][0, :n])
+    others = [h for h in range(gpt2.cfg.n_heads) if h != head.head]
+    torch.testing.assert_close(z[:, others], z0[:, others])  # same layer, other heads: untouched
+    torch.testing.assert_close(after["blocks.0.attn.hook_z"], before["blocks.0.attn.hook_z"])
+
+
+def test_knockout_equals_renormalising_the_row_by_hand(gpt2, traces):
+    trace = traces[0]
+    head = Head(1, 0)
+    _, before = gpt2.run_with_cache(trace.tokens)
+    iv = HeadIntervention([head], "knockout", query="answer", key="reasoning")
+    with iv.apply(gpt2, trace):
+        _, after = gpt2.run_with_cache(trace.tokens)
+    p = before["blocks.1.attn.hook_pattern"][0, head.head]
+    expected = p.clone()
+    answer, reasoning = trace["answer"].slice, trace["reasoning"].slice
+    kept = p[answer].clone()
+    kept[:, reasoning] = 0
+    expected[answer] = kept / kept.sum(-1, keepdim=True)
+    got = after["blocks.1.attn.hook_pattern"][0, head.head]
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    assert got[answer][:, reasoning].abs().max() == 0
+    # other heads of the layer keep their pattern
+    torch.testing.assert_close(
+        after["blocks.1.attn.hook_pattern"][0, 1:], before["blocks.1.attn.hook_pattern"][0, 1:]
+    )
+
+
+def test_patch_and_knockout_need_their_arguments(gpt2):
+    with pytest.raises(ValueError, match="capture_head_outputs"):
+        HeadIntervention([(0, 0)], "patch")
+    with pytest.raises(ValueError, match="query= and key="):
+        HeadIntervention([(0, 0)], "knockout", query="answer")
+
+
+def test_answer_logprob_equals_a_one_trace_hand_computation(gpt2, traces):
+    trace = traces[1]
+    logprobs = gpt2(trace.tokens)[0].log_softmax(-1)
+    answer = trace["answer"]
+    expected = sum(
+        logprobs[pos - 1, trace.ids[pos]].item() for pos in range(answer.start, answer.stop)
+    )
+    batched = rc.metrics.answer_logprob(gpt2, traces)
+    assert batched[1] == pytest.approx(expected, abs=1e-4)
+
+
+def test_normalized_logit_diff_and_its_nan_guard():
+    import numpy as np
+
+    with pytest.warns(RuntimeWarning, match="1 of 2 normalised logit differences are NaN"):
+        out = rc.metrics.normalized_logit_diff([1.0, 3.0], [3.0, 3.0005], [-1.0, 3.0])
+    assert out[0] == pytest.approx(0.5)
+    assert np.isnan(out[1])
+
+
+def test_effect_before_after_and_kl(gpt2, traces):
+    iv = HeadIntervention([(1, 0), (1, 1)], "zero", positions="answer")
+    effect = iv.effect(gpt2, traces, n_resamples=200)
+    np_before = rc.metrics.answer_logprob(gpt2, traces)
+    assert effect.before.tolist() == pytest.approx(np_before.tolist())
+    assert effect.mean_diff == pytest.approx((effect.after - effect.before).mean())
+    assert effect.ci[0] <= effect.mean_diff <= effect.ci[1]
+    assert list(effect.to_frame().columns) == ["trace", "before", "after", "diff"]
+    kl = rc.metrics.answer_kl(gpt2, traces, iv)
+    assert (kl > 0).all()
+    none = HeadIntervention([(1, 0)], "scale", scale=1.0)
+    assert rc.metrics.answer_kl(gpt2, traces, none) == pytest.approx([0.0, 0.0], abs=1e-6)

@@ -1,0 +1,148 @@
+"""Metrics of what a model does with an answer, per trace, with or without an intervention.
+
+* :func:`logit_diff`: ``logit[pos, a] - logit[pos, b]``, the usual patching metric.
+* :func:`normalized_logit_diff`: ``(LD_patched - LD_corr) / (LD_clean - LD_corr)``; 0 = no
+  effect, 1 = full recovery. When clean and corrupted barely differ the ratio is noise: below
+  ``min_gap`` it is NaN and a warning says how many such cases there were.
+* :func:`answer_logprob`: the log-probability of the answer tokens given everything before
+  them (teacher-forced), summed over the answer, in nats. Works batched.
+* :func:`answer_kl`: the mean over answer positions of KL(p_before ‖ p_after) between the
+  next-token distributions of two runs, in nats.
+
+Every function takes a batch of :class:`Trace` and an optional intervention and returns one
+value per trace (``numpy``), so :meth:`HeadIntervention.effect` can compare before and after.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from reasoning_circuits.trace import Trace
+
+if TYPE_CHECKING:
+    from reasoning_circuits.interventions import HeadIntervention
+
+__all__ = [
+    "answer_kl",
+    "answer_logprob",
+    "batch_logits",
+    "logit_diff",
+    "normalized_logit_diff",
+]
+
+
+@torch.no_grad()
+def batch_logits(
+    model: Any, traces: Sequence[Trace], intervention: HeadIntervention | None = None
+) -> Float[Tensor, "batch pos vocab"]:
+    """Logits of right-padded ``traces`` in one forward pass, with the intervention if given."""
+    width = max(map(len, traces))
+    tokens = torch.zeros(len(traces), width, dtype=torch.long)
+    mask = torch.zeros_like(tokens)
+    for row, trace in enumerate(traces):
+        tokens[row, : len(trace)] = trace.tokens[0]
+        mask[row, : len(trace)] = 1
+    hooks = intervention.hooks(model, traces, width=width) if intervention is not None else []
+    device = model.cfg.device
+    logits = model.run_with_hooks(
+        tokens.to(device),
+        attention_mask=mask.to(device) if len(traces) > 1 else None,
+        fwd_hooks=hooks,
+    )
+    return logits.float().cpu()
+
+
+def logit_diff(
+    logits: Float[Tensor, "batch pos vocab"],
+    token_a: int | Sequence[int],
+    token_b: int | Sequence[int],
+    *,
+    position: int | Sequence[int] = -1,
+) -> Float[np.ndarray, " batch"]:
+    """``logits[i, position_i, a_i] - logits[i, position_i, b_i]`` per batch row."""
+    batch = logits.shape[0]
+    rows = torch.arange(batch)
+    pos = (
+        torch.as_tensor(position).expand(batch)
+        if np.ndim(position) == 0
+        else torch.as_tensor(position)
+    )
+    a = (
+        torch.as_tensor(token_a).expand(batch)
+        if np.ndim(token_a) == 0
+        else torch.as_tensor(token_a)
+    )
+    b = (
+        torch.as_tensor(token_b).expand(batch)
+        if np.ndim(token_b) == 0
+        else torch.as_tensor(token_b)
+    )
+    return (logits[rows, pos, a] - logits[rows, pos, b]).numpy()
+
+
+def normalized_logit_diff(
+    patched: Float[np.ndarray, "..."] | float,
+    clean: Float[np.ndarray, "..."] | float,
+    corrupted: Float[np.ndarray, "..."] | float,
+    *,
+    min_gap: float = 1e-3,
+) -> np.ndarray:
+    """``(patched - corrupted) / (clean - corrupted)``; NaN (with a warning) where
+    ``|clean - corrupted| < min_gap``."""
+    patched_, clean_, corrupted_ = np.broadcast_arrays(
+        np.asarray(patched, float), np.asarray(clean, float), np.asarray(corrupted, float)
+    )
+    gap = clean_ - corrupted_
+    small = np.abs(gap) < min_gap
+    if small.any():
+        warnings.warn(
+            f"{int(small.sum())} of {small.size} normalised logit differences are NaN: clean and "
+            f"corrupted differ by less than {min_gap} there, so the ratio would be noise. Choose "
+            "pairs where the answer flips, or lower min_gap",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(small, np.nan, (patched_ - corrupted_) / np.where(small, 1.0, gap))
+
+
+def _answer_positions(trace: Trace) -> tuple[int, int]:
+    """Prediction rows ``[start - 1, stop - 1)`` for the answer tokens ``[start, stop)``."""
+    answer = trace["answer"]
+    if len(answer) == 0:
+        raise ValueError(f"{trace!r} has an empty answer; there is nothing to score")
+    return answer.start - 1, answer.stop - 1
+
+
+def answer_logprob(
+    model: Any, traces: Sequence[Trace], intervention: HeadIntervention | None = None
+) -> Float[np.ndarray, " trace"]:
+    """Σ over answer tokens of log p(token | everything before), per trace, in nats."""
+    logprobs = batch_logits(model, traces, intervention).log_softmax(-1)
+    out = []
+    for row, trace in enumerate(traces):
+        lo, hi = _answer_positions(trace)
+        targets = trace.tokens[0, lo + 1 : hi + 1]
+        out.append(float(logprobs[row, torch.arange(lo, hi), targets].sum()))
+    return np.asarray(out)
+
+
+def answer_kl(
+    model: Any, traces: Sequence[Trace], intervention: HeadIntervention
+) -> Float[np.ndarray, " trace"]:
+    """Mean over answer positions of KL(before ‖ after) of the next-token distributions."""
+    before = batch_logits(model, traces).log_softmax(-1)
+    after = batch_logits(model, traces, intervention).log_softmax(-1)
+    out = []
+    for row, trace in enumerate(traces):
+        lo, hi = _answer_positions(trace)
+        p, q = before[row, lo:hi], after[row, lo:hi]
+        out.append(float((p.exp() * (p - q)).sum(-1).mean()))
+    return np.asarray(out)
