@@ -12,7 +12,7 @@ Data flows one way::
 (2, 4)
 """
 
-from reasoning_circuits import metrics, organism, plotting, testing
+from reasoning_circuits import metrics, organism, patching, plotting, testing
 from reasoning_circuits.attention import AttentionProfile, ProfileSet, segment_statistics
 from reasoning_circuits.errors import (
     ContextLengthError,
@@ -60,6 +60,7 @@ __all__ = [
     "mean_head_outputs",
     "metrics",
     "organism",
+    "patching",
     "plotting",
     "previous_token_scores",
     "rank_heads",

@@ -127,7 +127,14 @@ def _boot(hf_model: Any, think_tokens: ThinkTokens, vocab_size: int) -> Transfor
 
 
 def _hf_gpt2(
-    *, n_layers: int, n_heads: int, d_model: int, n_ctx: int, vocab_size: int, seed: int
+    *,
+    n_layers: int,
+    n_heads: int,
+    d_model: int,
+    n_ctx: int,
+    vocab_size: int,
+    seed: int,
+    init_std: float = 0.02,
 ) -> Any:
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -140,6 +147,7 @@ def _hf_gpt2(
         vocab_size=vocab_size,
         bos_token_id=0,
         eos_token_id=0,
+        initializer_range=init_std,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -155,8 +163,14 @@ def tiny_gpt2(
     vocab_size: int = 1024,
     seed: int = 0,
     think_tokens: ThinkTokens = "single",
+    init_std: float = 0.02,
 ) -> TransformerBridge:
-    """A small GPT-2 with random weights (fast tests)."""
+    """A small GPT-2 with random weights (fast tests).
+
+    ``init_std`` is the weights' standard deviation. GPT-2's 0.02 gives nearly flat logits;
+    a larger one (e.g. 0.3) gives a random model whose outputs depend strongly on its input,
+    which patching tests need.
+    """
     hf_model = _hf_gpt2(
         n_layers=n_layers,
         n_heads=n_heads,
@@ -164,6 +178,7 @@ def tiny_gpt2(
         n_ctx=n_ctx,
         vocab_size=vocab_size,
         seed=seed,
+        init_std=init_std,
     )
     return _boot(hf_model, think_tokens, min(vocab_size, 1000))
 

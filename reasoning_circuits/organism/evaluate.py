@@ -70,7 +70,11 @@ def generate(
     for start in range(0, len(problems), batch_size):
         chunk = problems[start : start + batch_size]
         prompts = [
-            [tokenizer.bos_token_id, *tokenizer.encode(format_prompt(p, mode))] for p in chunk
+            [
+                tokenizer.bos_token_id,
+                *tokenizer.encode(format_prompt(p, mode), add_special_tokens=False),
+            ]
+            for p in chunk
         ]
         width = max(map(len, prompts))
         ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
@@ -110,7 +114,7 @@ def _forced_traces(tokenizer: Any, generated: list[Generated]) -> list[Trace]:
     close = tokenizer.convert_tokens_to_ids("</think>")
     for g in generated:
         prefix = list(g.ids[: g.ids.index(close) + 1])
-        answer = tokenizer.encode(" " + g.problem.gold)
+        answer = tokenizer.encode(" " + g.problem.gold, add_special_tokens=False)
         ids = prefix + answer + [tokenizer.eos_token_id]
         traces.append(Trace.from_ids(ids, tokenizer, metadata={"gold": g.problem.gold}))
     return traces

@@ -68,8 +68,14 @@ def _encode_batch(
     """Right-padded ids ``[batch, pos]``, attention mask, and a loss mask on the completion."""
     rows, masks = [], []
     for problem, mode in zip(problems, modes):
-        prompt = [tokenizer.bos_token_id, *tokenizer.encode(format_prompt(problem, mode))]  # type: ignore[arg-type]
-        completion = [*tokenizer.encode(format_completion(problem, mode)), tokenizer.eos_token_id]  # type: ignore[arg-type]
+        prompt = [
+            tokenizer.bos_token_id,
+            *tokenizer.encode(format_prompt(problem, mode), add_special_tokens=False),
+        ]  # type: ignore[arg-type]
+        completion = [
+            *tokenizer.encode(format_completion(problem, mode), add_special_tokens=False),
+            tokenizer.eos_token_id,
+        ]  # type: ignore[arg-type]
         rows.append(prompt + completion)
         masks.append([0] * len(prompt) + [1] * len(completion))
     width = max(map(len, rows))
@@ -99,7 +105,11 @@ def generate_answers(
     for start in range(0, len(problems), batch_size):
         chunk = problems[start : start + batch_size]
         prompts = [
-            [tokenizer.bos_token_id, *tokenizer.encode(format_prompt(p, mode))] for p in chunk
+            [
+                tokenizer.bos_token_id,
+                *tokenizer.encode(format_prompt(p, mode), add_special_tokens=False),
+            ]
+            for p in chunk
         ]  # type: ignore[arg-type]
         width = max(map(len, prompts))
         ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)

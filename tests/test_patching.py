@@ -1,0 +1,108 @@
+import numpy as np
+import pytest
+import torch
+from transformer_lens import patching as tl_patching
+
+import reasoning_circuits as rc
+from reasoning_circuits.patching import (
+    attribution_patch_heads,
+    logit_diff_metric,
+    patch_heads,
+    patch_residual,
+)
+
+
+@pytest.fixture(scope="module")
+def lively():
+    """A random GPT-2 whose logits depend strongly on the input (init std 0.3)."""
+    return rc.testing.tiny_gpt2(seed=3, n_layers=3, init_std=0.3)
+
+
+@pytest.fixture(scope="module")
+def pair(lively):
+    """Clean and corrupted problems that differ in one number, same length."""
+    tokenizer = lively.tokenizer
+    clean = rc.Trace.from_parts("Q: 3 + 4 = ", "\n3 + 4 = 7.\n", " 7", tokenizer)
+    corrupted = rc.Trace.from_parts("Q: 3 + 5 = ", "\n3 + 5 = 8.\n", " 8", tokenizer)
+    assert len(clean) == len(corrupted)
+    a = tokenizer.encode("7", add_special_tokens=False)[0]
+    b = tokenizer.encode("8", add_special_tokens=False)[0]
+    return clean, corrupted, logit_diff_metric(a, b, position=-2)
+
+
+@pytest.mark.parametrize("model_name", ["gpt2", "qwen"])
+def test_batched_head_sweep_equals_one_at_a_time_and_transformer_lens(
+    request, model_name, tokenizer
+):
+    model = request.getfixturevalue(model_name)
+    tok = model.tokenizer
+    clean = rc.Trace.from_parts("Q: 3 + 4 = ", "\n3 + 4 = 7.\n", " 7", tok)
+    corrupted = rc.Trace.from_parts("Q: 3 + 5 = ", "\n3 + 5 = 8.\n", " 8", tok)
+    metric = logit_diff_metric(
+        tok.encode("7", add_special_tokens=False)[0],
+        tok.encode("8", add_special_tokens=False)[0],
+        position=-2,
+    )
+    batched = patch_heads(model, clean, corrupted, metric, batch_size=5)
+    single = patch_heads(model, clean, corrupted, metric, batch_size=1)
+    np.testing.assert_allclose(batched.values, single.values, atol=1e-5)
+    _, cache = model.run_with_cache(clean.tokens)
+    theirs = tl_patching.get_act_patch_attn_head_out_all_pos(
+        model, corrupted.tokens, cache, lambda logits: metric(logits).sum()
+    )
+    np.testing.assert_allclose(batched.values, theirs.detach().numpy(), atol=1e-4)
+    assert batched.clean == pytest.approx(float(metric(model(clean.tokens).detach())[0]), abs=1e-5)
+
+
+def test_residual_sweep_equals_transformer_lens(lively, pair):
+    clean, corrupted, metric = pair
+    ours = patch_residual(lively, clean, corrupted, metric, batch_size=8)
+    _, cache = lively.run_with_cache(clean.tokens)
+    theirs = tl_patching.get_act_patch_resid_pre(
+        lively, corrupted.tokens, cache, lambda logits: metric(logits).sum()
+    )
+    np.testing.assert_allclose(ours.values, theirs.detach().numpy(), atol=1e-4)
+    # patching the whole residual at layer 0 at every position restores the clean run
+    first = patch_residual(lively, clean, corrupted, metric, layers=[0], positions=[2, 3])
+    assert first.values.shape == (1, 2)
+
+
+def test_patching_all_positions_of_layer_zero_residual_is_the_clean_run(lively, pair):
+    clean, corrupted, metric = pair
+    _, cache = lively.run_with_cache(clean.tokens)
+
+    def replace(resid, hook):
+        return cache["blocks.0.hook_resid_pre"]
+
+    restored = lively.run_with_hooks(
+        corrupted.tokens, fwd_hooks=[("blocks.0.hook_resid_pre", replace)]
+    )
+    torch.testing.assert_close(metric(restored), metric(lively(clean.tokens)))
+
+
+def test_sweep_result_frame_normalisation_and_plot(lively, pair, tmp_path):
+    clean, corrupted, metric = pair
+    sweep = patch_heads(lively, clean, corrupted, metric)
+    frame = sweep.to_frame()
+    assert list(frame.columns) == ["layer", "head", "value", "normalized"]
+    assert len(frame) == lively.cfg.n_layers * lively.cfg.n_heads
+    expected = (sweep.values - sweep.corrupted) / (sweep.clean - sweep.corrupted)
+    np.testing.assert_allclose(sweep.normalized(), expected)
+    sweep.plot(tmp_path / "sweep.png")
+    assert (tmp_path / "sweep.png").stat().st_size > 0
+
+
+def test_attribution_tracks_exact_patching(lively, pair):
+    clean, corrupted, metric = pair
+    exact = patch_heads(lively, clean, corrupted, metric)
+    approx = attribution_patch_heads(lively, clean, corrupted, metric)
+    assert approx.values.shape == exact.values.shape
+    assert approx.corrupted == pytest.approx(exact.corrupted, abs=1e-5)
+    assert approx.rank_correlation(exact) > 0.5
+
+
+def test_unequal_lengths_are_refused(gpt2, tokenizer):
+    a = rc.Trace.from_parts("Q", "\nr.\n", " 1", tokenizer)
+    b = rc.Trace.from_parts("Q longer", "\nr.\n", " 1", tokenizer)
+    with pytest.raises(ValueError, match="same length"):
+        patch_heads(gpt2, a, b, logit_diff_metric(1, 2))
