@@ -20,7 +20,11 @@ def test_problems_are_reproducible_fresh_and_splits_disjoint():
 
 
 def test_every_written_step_is_right_and_the_answer_is_the_asked_value():
-    ops = {"+": lambda a, k: (a + k) % 10, "-": lambda a, k: (a - k) % 10, "*": lambda a, k: a * k % 10}
+    ops = {
+        "+": lambda a, k: (a + k) % 10,
+        "-": lambda a, k: (a - k) % 10,
+        "*": lambda a, k: a * k % 10,
+    }
     for p in make_problems(300, seed=5):
         values = {m[0]: int(m[1]) for m in re.findall(r"\b([a-z])=(\d)\.", p.question)}
         rules = re.findall(r"\b([a-z])=([a-z])([+*-])(\d)\.", p.question)
@@ -70,3 +74,16 @@ def test_training_runs_and_saves_a_loadable_model(tmp_path):
     assert record["steps"] == 2 and len(record["history"]) == 1
     model = rc.load_model(tmp_path / "m")
     assert model.cfg.n_layers == 4 and not model.training
+
+
+def test_solve_reproduces_generated_problems_and_makes_counterfactuals():
+    for p in make_problems(100, seed=8, filler_rate=0.0):
+        assert rc.organism.solve(p.question) == p
+    p = make_problems(1, seed=2)[0]
+    name, value = p.question.split(".")[0].split("=")
+    other = rc.organism.solve(
+        p.question.replace(f"{name}={value}.", f"{name}={(int(value) + 1) % 10}.", 1)
+    )
+    assert len(other.reasoning) == len(rc.organism.solve(p.question).reasoning)
+    with pytest.raises(ValueError, match="What is"):
+        rc.organism.solve("a=1.")

@@ -13,6 +13,7 @@ from reasoning_circuits.organism.task import (
     format_completion,
     format_prompt,
     make_problems,
+    solve,
 )
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "format_completion",
     "format_prompt",
     "make_problems",
+    "solve",
 ]

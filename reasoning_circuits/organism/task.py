@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -39,6 +40,7 @@ __all__ = [
     "format_completion",
     "format_prompt",
     "make_problems",
+    "solve",
 ]
 
 Split = Literal["train", "heldout"]
@@ -113,6 +115,38 @@ def _sample(rng: random.Random, filler_rate: float) -> Problem:
         sentences.append(step)
     value = values[target]
     return Problem(question, " ".join(sentences), f"The answer is {value}.", value, hops)
+
+
+_FACT = re.compile(r"\b([a-z])=(\d)\.")
+_RULE = re.compile(r"\b([a-z])=([a-z])([+*-])(\d)\.")
+_TARGET = re.compile(r"What is ([a-z])\?$")
+
+
+def solve(question: str) -> Problem:
+    """The reference reasoning (without filler) and answer of a question in this task's form.
+
+    Use it for counterfactual problems: edit a value in ``problem.question`` and solve again.
+    Raises ``ValueError`` if the question is not in the task's form.
+    """
+    target = _TARGET.search(question)
+    if target is None:
+        raise ValueError(f"no 'What is x?' at the end of {question!r}")
+    values = {name: int(value) for name, value in _FACT.findall(question)}
+    steps, sources = [], {}
+    for name, source, op, k in _RULE.findall(question):
+        if source not in values:
+            raise ValueError(f"rule {name}={source}{op}{k} reads {source!r} before it is defined")
+        values[name] = _apply(op, values[source], int(k))
+        sources[name] = source
+        steps.append(f"{name}={source}{op}{k}={values[source]}{op}{k}={values[name]}.")
+    name = target[1]
+    if name not in values:
+        raise ValueError(f"the question asks for {name!r}, which no rule defines")
+    hops, current = 0, name
+    while current in sources:
+        hops, current = hops + 1, sources[current]
+    value = values[name]
+    return Problem(question, " ".join(steps), f"The answer is {value}.", value, hops)
 
 
 def make_problems(
