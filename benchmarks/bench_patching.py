@@ -37,7 +37,7 @@ def main() -> None:
     corrupted[0, args.tokens // 2] = (clean[0, args.tokens // 2] + 1) % vocab
     metric = logit_diff_metric(5, 6, position=-1)
 
-    def timed(label: str, fn):  # noqa: ANN001, ANN202
+    def timed(label: str, fn):
         start = time.perf_counter()
         result = fn()
         seconds = time.perf_counter() - start
