@@ -51,7 +51,6 @@ def main() -> None:
             model, corrupted, cache, lambda logits: metric(logits).sum()
         ),
     )
-    del cache
     results = {}
     for batch_size in (1, 8, 16, 36):
         results[batch_size] = timed(
