@@ -30,7 +30,8 @@ def test_every_written_step_is_right_and_the_answer_is_the_asked_value():
         rules = re.findall(r"\b([a-z])=([a-z])([+*-])(\d)\.", p.question)
         steps = re.findall(r"([a-z])=([a-z])([+*-])(\d)=(\d)[+*-]\d=(\d)\.", p.reasoning)
         assert [s[:4] for s in steps] == rules  # every rule, in the question's order
-        assert 2 <= p.hops <= len(rules) - 1
+        assert 2 <= p.hops == len(rules) <= 4
+        assert len(values) >= 2  # at least one distractor fact
         for name, source, op, k, shown, result in steps:
             assert int(shown) == values[source]  # the step reads the right value
             values[name] = ops[op](values[source], int(k))

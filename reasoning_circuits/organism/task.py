@@ -1,24 +1,26 @@
 """The tiny reasoner's task: multi-hop variable bindings with arithmetic mod 10.
 
-A problem states some values and some rules, with distractors, and asks for one variable::
+A problem states some values (one of them starts a chain, the others are distractors) and the
+rules of a chain of 2–4 hops, and asks for the chain's last variable::
 
-    b=8. g=6. c=b*3. h=g+1. m=c+4. What is m?
+    b=8. g=6. c=b*3. m=c+4. What is m?
 
-The reasoning evaluates the rules in the order the question lists them (a rule only reads
-values defined before it), writing every step out so that each one is easy to learn, with an
-occasional filler sentence::
+The reasoning computes the chain step by step, writing every step out so that each one is
+easy to learn, with an occasional filler sentence::
 
-    c=b*3=8*3=4. Let me check. h=g+1=6+1=7. m=c+4=4+4=8.
+    c=b*3=8*3=4. Let me check. m=c+4=4+4=8.
 
-and the answer restates the asked value: ``The answer is 8.`` Each step copies the next rule,
-looks up one value and applies one small table; the answer must find the asked variable's
-line among the distractor lines, so it has to attend to the reasoning. Without reasoning the
-model would have to follow the 2–4 hops of the chain inside one forward pass.
-Arithmetic is mod 10 (``8*3=4``).
+and the answer restates the result: ``The answer is 8.`` Each step copies the next rule from
+the question, reads one value (the previous step's result, or for the first step the fact it
+names among the distractors) and applies one small table; the answer copies the last result
+from the reasoning. Without reasoning the model would have to follow all the hops inside one
+forward pass. Arithmetic is mod 10 (``8*3=4``).
 
-(An earlier version computed only the chain. Its first step was ambiguous, because every
-starting value has a rule reading it, and choosing it meant tracing the chain back from the
-target in one forward pass: a model trained on it stayed at 15% held-out accuracy.)
+Design history (measured, 4-layer model, d_model 128): with distractor *rules* as well, the
+first step was ambiguous (every starting value had a rule reading it) and a model stayed at
+15% held-out accuracy; evaluating every rule in the question's order removed the ambiguity
+but each step then had to look its value up by name among facts, rules and earlier steps,
+and a model stalled at 18% after 2500 steps.
 
 Problems are split into ``"train"`` and ``"heldout"`` by a hash of the question text, so the
 two splits never share a problem whatever the seed.
@@ -83,37 +85,26 @@ def _apply(op: str, a: int, k: int) -> int:
 def _sample(rng: random.Random, filler_rate: float) -> Problem:
     hops = rng.randint(2, 4)
     n_distract = rng.randint(1, 2)
-    names = rng.sample(_LETTERS, 1 + hops + 2 * n_distract)
-    start, chain = names[0], names[1 : 1 + hops]
-    d_starts, d_rules = names[1 + hops : 1 + hops + n_distract], names[1 + hops + n_distract :]
-    values = {start: rng.randint(0, 9)}
-    facts = [f"{start}={values[start]}."]
-    for d in d_starts:
-        values[d] = rng.randint(0, 9)
-        facts.append(f"{d}={values[d]}.")
+    names = rng.sample(_LETTERS, 1 + hops + n_distract)
+    start, chain, distractors = names[0], names[1 : 1 + hops], names[1 + hops :]
+    values = {name: rng.randint(0, 9) for name in [start, *distractors]}
+    facts = [f"{name}={values[name]}." for name in [start, *distractors]]
     rng.shuffle(facts)
-    rules: list[tuple[str, str, str, int]] = []  # (name, source, op, k)
+    rules, steps = [], []
     previous = start
     for name in chain:
-        rules.append((name, previous, rng.choice(_OPS), rng.randint(1, 9)))
+        op, k = rng.choice(_OPS), rng.randint(1, 9)
+        values[name] = _apply(op, values[previous], k)
+        rules.append(f"{name}={previous}{op}{k}.")
+        steps.append(f"{name}={previous}{op}{k}={values[previous]}{op}{k}={values[name]}.")
         previous = name
-    # distractor rules read distractor values; insert them anywhere among the chain's rules
-    for d_rule, d_start in zip(d_rules, d_starts):
-        position = rng.randint(0, len(rules))
-        rules.insert(position, (d_rule, d_start, rng.choice(_OPS), rng.randint(1, 9)))
-    steps = []
-    for name, source, op, k in rules:  # sources are always defined earlier in the list
-        values[name] = _apply(op, values[source], k)
-        steps.append(f"{name}={source}{op}{k}={values[source]}{op}{k}={values[name]}.")
-    target = chain[-1]
-    rule_text = [f"{name}={source}{op}{k}." for name, source, op, k in rules]
-    question = " ".join(facts + rule_text) + f" What is {target}?"
+    question = " ".join(facts + rules) + f" What is {chain[-1]}?"
     sentences: list[str] = []
     for i, step in enumerate(steps):
         if i and rng.random() < filler_rate:
             sentences.append(rng.choice(FILLERS))
         sentences.append(step)
-    value = values[target]
+    value = values[chain[-1]]
     return Problem(question, " ".join(sentences), f"The answer is {value}.", value, hops)
 
 

@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import random
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -215,10 +216,10 @@ def train(
                 {"step": step + 1, "loss": round(loss.item(), 5), "heldout_accuracy": acc}
             )
             tqdm.write(f"step {step + 1}: loss {loss.item():.4f}, held-out accuracy {acc:.3f}")
+            _save(model, tokenizer, out / "checkpoint")  # inspect a long run while it goes
     model.eval()
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    _save(model, tokenizer, out)
+    shutil.rmtree(out / "checkpoint", ignore_errors=True)
     record = {
         "seed": seed,
         "steps": steps,
@@ -234,6 +235,12 @@ def train(
     }
     (out / "training.json").write_text(json.dumps(record, indent=2))
     return record
+
+
+def _save(model: Any, tokenizer: Any, directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
 
 
 def _commit() -> str:
@@ -252,7 +259,7 @@ def _commit() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Train the tiny reasoner.")
     parser.add_argument("--out", type=Path, required=True, help="output directory (HF format)")
-    parser.add_argument("--steps", type=int, default=5000)
+    parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
