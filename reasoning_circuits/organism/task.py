@@ -1,9 +1,9 @@
 """The tiny reasoner's task: multi-hop variable bindings with arithmetic mod 10.
 
-A problem states some values (one of them starts a chain, the others are distractors) and the
+A problem states some values (distractors first, then the one that starts the chain) and the
 rules of a chain of 2–4 hops, and asks for the chain's last variable::
 
-    b=8. g=6. c=b*3. m=c+4. What is m?
+    g=6. b=8. c=b*3. m=c+4. What is m?
 
 The reasoning computes the chain step by step, writing every step out so that each one is
 easy to learn, with an occasional filler sentence::
@@ -11,8 +11,8 @@ easy to learn, with an occasional filler sentence::
     c=b*3=8*3=4. Let me check. m=c+4=4+4=8.
 
 and the answer restates the result: ``The answer is 8.`` Each step copies the next rule from
-the question, reads one value (the previous step's result, or for the first step the fact it
-names among the distractors) and applies one small table; the answer copies the last result
+the question, reads one value (the previous step's result, or for the first step the last
+fact) and applies one small table; the answer copies the last result
 from the reasoning. Without reasoning the model would have to follow all the hops inside one
 forward pass. Arithmetic is mod 10 (``8*3=4``).
 
@@ -20,7 +20,11 @@ Design history (measured, 4-layer model, d_model 128): with distractor *rules* a
 first step was ambiguous (every starting value had a rule reading it) and a model stayed at
 15% held-out accuracy; evaluating every rule in the question's order removed the ambiguity
 but each step then had to look its value up by name among facts, rules and earlier steps,
-and a model stalled at 18% after 2500 steps.
+and a model stalled at 18% after 2500 steps. With the chain's rules only and the start fact
+anywhere among the facts, every error at step 2000 (81 of 200 held-out problems) was the first
+step reading the wrong fact: telling facts apart by name stayed near chance (≈60% vs ≈40%)
+while the arithmetic, the rule copying and the answer were already perfect. So the start fact
+now comes last.
 
 Problems are split into ``"train"`` and ``"heldout"`` by a hash of the question text, so the
 two splits never share a problem whatever the seed.
@@ -88,8 +92,7 @@ def _sample(rng: random.Random, filler_rate: float) -> Problem:
     names = rng.sample(_LETTERS, 1 + hops + n_distract)
     start, chain, distractors = names[0], names[1 : 1 + hops], names[1 + hops :]
     values = {name: rng.randint(0, 9) for name in [start, *distractors]}
-    facts = [f"{name}={values[name]}." for name in [start, *distractors]]
-    rng.shuffle(facts)
+    facts = [f"{name}={values[name]}." for name in [*distractors, start]]
     rules, steps = [], []
     previous = start
     for name in chain:

@@ -259,7 +259,7 @@ def _commit() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Train the tiny reasoner.")
     parser.add_argument("--out", type=Path, required=True, help="output directory (HF format)")
-    parser.add_argument("--steps", type=int, default=6000)
+    parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
