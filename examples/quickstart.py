@@ -1,11 +1,12 @@
-"""Quickstart: find reasoning-focused heads, offline, in under a minute.
+"""Quickstart: reasoning-focused heads of a real (tiny) reasoning model, offline, in seconds.
 
-Until the trained tiny reasoner ships, this runs on an offline GPT-2-small-shaped model with
-random weights in which three heads are *planted* to read the reasoning from the answer, so
-you can see the library recover them. The same calls take a real model:
+The library ships ``tiny-reasoner``, a small GPT-2 trained here on a multi-hop arithmetic task
+whose answer must be read from its own chain of thought. This script generates traces with
+and without reasoning, profiles where the answer attends, ranks the heads that read the
+reasoning, and draws them. The same calls take a hub model:
 ``model = rc.load_model("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B")``.
 
-    python examples/quickstart.py [--out out/]
+    python examples/quickstart.py [--n 40] [--out out/]
 """
 
 from __future__ import annotations
@@ -15,42 +16,35 @@ import time
 from pathlib import Path
 
 import reasoning_circuits as rc
-
-PROBLEMS = [
-    ("Tom has 3 apples and buys 4 more. How many apples does he have?", "3 + 4 = 7.", "7"),
-    ("A box holds 6 eggs. How many eggs are in 5 boxes?", "6 * 5 = 30.", "30"),
-    ("Sara had 20 dollars and spent 8. How much is left?", "20 - 8 = 12.", "12"),
-    ("A train travels 60 km per hour for 2 hours. How far does it go?", "60 * 2 = 120.", "120"),
-    ("There are 15 birds and 9 fly away. How many remain?", "15 - 9 = 6.", "6"),
-    ("Each of 4 friends has 5 pencils. How many pencils in total?", "4 * 5 = 20.", "20"),
-]
-PLANTED = [rc.Head(3, 7), rc.Head(6, 2), rc.Head(9, 10)]
+from reasoning_circuits.organism.evaluate import generate
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=40, help="held-out problems to generate")
     parser.add_argument("--out", type=Path, default=Path("out"), help="where to write the heatmap")
     args = parser.parse_args()
     start = time.perf_counter()
 
-    model = rc.testing.gpt2_small(seed=0)
-    tok = model.tokenizer
-    traces = [
-        rc.Trace.from_parts(
-            question + " ",
-            f"\nLet me think step by step. {step} Let me check: yes, {step}\n",
-            f" The answer is {answer}.",
-            tok,
-            append_eos=True,
-            metadata={"problem": i},
-        )
-        for i, (question, step, answer) in enumerate(PROBLEMS)
-    ]
-    print(f"{len(traces)} traces; the first one:\n  {traces[0]!r}")
-    print(f"  reasoning sentences: {traces[0].sentence_texts}\n")
+    model = rc.load_model("tiny-reasoner")
+    problems = rc.organism.make_problems(args.n, seed=7, split="heldout")
+    with_reasoning = generate(model, problems, mode="reasoning")
+    without = generate(model, problems, mode="finished")
+    accuracy = sum(g.correct for g in with_reasoning) / len(problems)
+    accuracy_without = sum(g.correct for g in without) / len(problems)
+    print(f"{len(problems)} held-out problems, e.g.\n  {problems[0].question}")
+    print(f"  model wrote: {with_reasoning[0].completion!r}\n")
+    print(f"accuracy with reasoning:                  {accuracy:.1%}")
+    print(f"accuracy with 'I have finished thinking': {accuracy_without:.1%}\n")
 
-    with rc.testing.planted_attention(model, PLANTED):
-        profiles = rc.AttentionProfile.compute(model, traces, batch_size=3)
+    traces = [
+        rc.Trace.from_ids(g.ids, model.tokenizer, metadata={"question": g.problem.question})
+        for g in with_reasoning
+        if g.finished
+    ]
+    print(f"a trace: {traces[0]!r}")
+    print(f"  its reasoning sentences: {traces[0].sentence_texts}\n")
+    profiles = rc.AttentionProfile.compute(model, traces, batch_size=20)
 
     ranking = rc.rank_heads(profiles, query="answer", key="reasoning", k=5)
     low, high = profiles.bootstrap_ci("answer", "reasoning", n_resamples=1000)
@@ -58,10 +52,8 @@ def main() -> None:
     for row in ranking.to_frame().itertuples():
         ci = f"[{low[row.layer, row.head]:.3f}, {high[row.layer, row.head]:.3f}]"
         print(f"  {row.rank}. L{row.layer}H{row.head}  {row.score:.3f}  {ci}")
-    found = set(ranking[:3]) == set(PLANTED)
-    print(f"  planted heads {[str(h) for h in PLANTED]} recovered as the top 3: {found}\n")
 
-    print("Where the answer's attention goes (mean over traces, layers and heads):")
+    print("\nWhere the answer's attention goes (mean over traces, layers and heads):")
     for part in profiles.parts:
         share = profiles.mean("answer", part).mean()
         print(f"  {part:12s} {share:6.3f}  {'#' * round(share * 50)}")
@@ -71,7 +63,7 @@ def main() -> None:
         path = args.out / "answer_to_reasoning_heatmap.png"
         rc.plotting.plot_head_heatmap(
             profiles.mean("answer", "reasoning"),
-            title="answer → reasoning mass (red: top-5 heads)",
+            title="tiny-reasoner: answer → reasoning mass (red: top-5)",
             highlight=ranking,
             path=path,
         )

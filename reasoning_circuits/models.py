@@ -26,8 +26,10 @@ from reasoning_circuits.errors import ContextLengthError, ModelLoadError
 
 __all__ = ["BUILTIN_MODELS", "check_fits", "load_model"]
 
-# name -> directory inside the package (filled as built-in models ship)
-BUILTIN_MODELS: dict[str, Path] = {}
+# name -> directory inside the package
+BUILTIN_MODELS: dict[str, Path] = {
+    "tiny-reasoner": Path(__file__).parent / "organism" / "tiny_reasoner",
+}
 
 _DTYPES = {
     "float32": torch.float32,

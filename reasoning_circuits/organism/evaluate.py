@@ -22,11 +22,13 @@ import argparse
 import json
 import random
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from reasoning_circuits.attention import AttentionProfile
 from reasoning_circuits.heads import Head, rank_heads
@@ -121,6 +123,45 @@ def _forced_traces(tokenizer: Any, generated: list[Generated]) -> list[Trace]:
 
 
 @torch.no_grad()
+def emitting_mass(model: Any, traces: list[Trace], *, batch_size: int = 100) -> np.ndarray:
+    """``[layer, head]``: mean over traces of the reasoning mass of the *answer-emitting* row.
+
+    That row is the one whose next token is the answer's value (the space in
+    ``The answer is N.``); the whole-answer mean of R2A dilutes it with the rows that write
+    the fixed text ``The answer is``.
+    """
+    n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
+    total = np.zeros((n_layers, n_heads))
+    for start in range(0, len(traces), batch_size):
+        batch = traces[start : start + batch_size]
+        width = max(map(len, batch))
+        tokens = torch.zeros(len(batch), width, dtype=torch.long)
+        mask = torch.zeros(len(batch), width, dtype=torch.long)
+        rows = torch.tensor([t["answer"].stop - 3 for t in batch])  # predicts N in "is N."
+        keys = torch.zeros(len(batch), width)
+        for i, trace in enumerate(batch):
+            tokens[i, : len(trace)] = trace.tokens[0]
+            mask[i, : len(trace)] = 1
+            keys[i, trace["reasoning"].slice] = 1.0
+
+        def hook(pattern: torch.Tensor, *, hook: Any, rows: Tensor, keys: Tensor) -> None:
+            layer = int(hook.name.split(".")[1])
+            row = pattern[torch.arange(len(rows)), :, rows]  # [batch, head, key]
+            total[layer] += (row.float() * keys[:, None]).sum(-1).sum(0).numpy()
+
+        model.run_with_hooks(
+            tokens,
+            attention_mask=mask,
+            return_type=None,
+            fwd_hooks=[
+                (f"blocks.{layer}.attn.hook_pattern", partial(hook, rows=rows, keys=keys))
+                for layer in range(n_layers)
+            ],
+        )
+    return total / len(traces)
+
+
+@torch.no_grad()
 def answer_accuracy(
     model: Any,
     traces: list[Trace],
@@ -186,10 +227,14 @@ def evaluate(
 
     forced_base = answer_accuracy(model, traces) * len(traces) / n
     acc_top = acc_without(list(top))
+    emit = emitting_mass(model, traces)
+    top_emit = rank_heads(emit[None], k=3)
+    acc_top_emit = acc_without(list(top_emit))
     rng = random.Random(seed)
-    others = [h for h in all_heads if h not in set(top)]
+    others = [h for h in all_heads if h not in set(top_emit)]
     random_draws = [rng.sample(others, 3) for _ in range(draws)]
     acc_random = [acc_without(heads) for heads in random_draws]
+    single = {str(h): acc_without([h]) for h in all_heads}
     return {
         "n_problems": n,
         "heldout_seed": seed,
@@ -203,9 +248,14 @@ def evaluate(
             part: float(profiles.mean("answer", part).mean()) for part in profiles.parts
         },
         "accuracy_top3_mean_ablated": acc_top,
+        "top_heads_at_emitting_position": [str(h) for h in top_emit],
+        "top_emitting_mass": [float(emit[h.layer, h.head]) for h in top_emit],
+        "accuracy_top3_emitting_mean_ablated": acc_top_emit,
         "accuracy_random3_mean_ablated": acc_random,
+        "accuracy_single_head_mean_ablated": single,
         "random3_heads": [[str(h) for h in heads] for heads in random_draws],
         "drop_top3": acc_reasoning - acc_top,
+        "drop_top3_emitting": acc_reasoning - acc_top_emit,
         "drop_random3_mean": acc_reasoning - float(np.mean(acc_random)),
     }
 
@@ -235,6 +285,23 @@ def write_model_card(model_dir: str | Path, results: dict[str, Any]) -> Path:
         f"range {min(randoms):.3f}–{max(randoms):.3f})"
     )
     top_row = f"{r['accuracy_top3_mean_ablated']:.3f} (drop {r['drop_top3']:.3f})"
+    emit_heads = ", ".join(
+        f"{h} ({m:.3f})"
+        for h, m in zip(r["top_heads_at_emitting_position"], r["top_emitting_mass"])
+    )
+    emit_row = (
+        f"{r['accuracy_top3_emitting_mean_ablated']:.3f} (drop {r['drop_top3_emitting']:.3f})"
+    )
+    lead = (
+        f"{r['top_heads_at_emitting_position'][0]}: {r['top_emitting_mass'][0]:.2f} of the "
+        "emitting row's attention on the reasoning"
+    )
+    critical = (
+        ", ".join(
+            f"{h} → {a:.3f}" for h, a in r["accuracy_single_head_mean_ablated"].items() if a < 0.99
+        )
+        or "none"
+    )
     split = ", ".join(f"{k} {v:.3f}" for k, v in r["answer_split"].items())
     card = f"""# tiny-reasoner
 
@@ -270,9 +337,19 @@ On {r["n_problems"]} held-out problems (seed {r["heldout_seed"]}), greedy:
 | accuracy with reasoning | {r["accuracy_with_reasoning"]:.3f} |
 | accuracy with the "finished" filler instead of reasoning | {r["accuracy_finished_filler"]:.3f} |
 | reasoning finished (`</think>` written) | {r["reasoning_finished"]:.3f} |
-| top heads by answer→reasoning mass | {tops} |
-| accuracy, top-3 heads mean-ablated at answer positions | {top_row} |
+| top heads by answer→reasoning mass (mean over all answer rows, R2A) | {tops} |
+| accuracy, those 3 mean-ablated at the answer positions | {top_row} |
+| top heads by reasoning mass of the answer-emitting row (predicts N) | {emit_heads} |
+| accuracy, those 3 mean-ablated at the answer positions | {emit_row} |
 | accuracy, 3 random other heads mean-ablated ({len(randoms)} draws) | {random_row} |
+| single heads whose ablation costs accuracy | {critical} |
+
+Means for the ablation are each head's mean output over the answer positions of the same
+held-out traces. Only one of the 17 answer rows (`The answer is N.`) has to read the
+reasoning: averaged over all of them, the head that reads it most there ({lead}) can rank
+below heads that the answer does not need. Ranking by the emitting row finds the causal heads.
+Attention mass is a lead, not a
+proof; check it with an intervention.
 
 The answer's attention (mean over correct traces, layers and heads): {split}.
 """
