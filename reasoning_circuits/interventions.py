@@ -9,7 +9,9 @@ A :class:`HeadIntervention` names some heads, an action and where it applies:
 * ``"scale"``: the head's output is multiplied by ``scale``;
 * ``"patch"``: the head writes what it wrote in a *source* run (see
   :func:`capture_head_outputs`), position by position: the clean/corrupted patching of
-  activation-patching studies, or resample ablation when the source is another input;
+  activation-patching studies;
+* ``"resample"``: the same mechanics, named for resample ablation: the source is the run of
+  *another* input (e.g. a different problem), so the head says what it would say there;
 * ``"knockout"``: the head cannot attend from the ``query`` segment to the ``key`` segment
   (e.g. answer → reasoning). This edits the pre-softmax scores (``hook_attn_scores``) to the
   dtype's minimum, so the softmax renormalises each row over the keys that remain: exactly
@@ -53,7 +55,7 @@ __all__ = [
     "position_mask",
 ]
 
-Action = Literal["zero", "mean", "scale", "patch", "knockout"]
+Action = Literal["zero", "mean", "scale", "patch", "resample", "knockout"]
 Positions = str | Segment | Sequence[int] | None
 Hook = tuple[str, Callable[..., Any]]
 
@@ -84,12 +86,12 @@ class HeadIntervention:
 
     Args:
         heads: ``Head`` objects or ``(layer, head)`` pairs.
-        action: ``"zero"``, ``"mean"``, ``"scale"``, ``"patch"`` or ``"knockout"``.
+        action: ``"zero"``, ``"mean"``, ``"scale"``, ``"patch"``, ``"resample"``, ``"knockout"``.
         positions: where ``zero``/``mean``/``scale``/``patch`` act: a segment name, a
             ``Segment``, token indices, or ``None`` (all positions).
         means: for ``"mean"``: ``{Head: [d_head] tensor}``, from :func:`mean_head_outputs`.
         scale: for ``"scale"``: the factor.
-        source: for ``"patch"``: ``{Head: [batch, pos, d_head] tensor}`` from
+        source: for ``"patch"``/``"resample"``: ``{Head: [batch, pos, d_head] tensor}`` from
             :func:`capture_head_outputs` on the source inputs (row i patches batch row i).
         query, key: for ``"knockout"``: segment names; ``query`` rows lose ``key`` keys.
     """
@@ -118,13 +120,15 @@ class HeadIntervention:
         chosen = tuple(as_heads(heads))
         if not chosen:
             raise ValueError("heads is empty; name at least one (layer, head)")
-        if action not in ("zero", "mean", "scale", "patch", "knockout"):
+        if action not in ("zero", "mean", "scale", "patch", "resample", "knockout"):
             raise ValueError(
-                f"action must be 'zero', 'mean', 'scale', 'patch' or 'knockout', got {action!r}"
+                "action must be 'zero', 'mean', 'scale', 'patch', 'resample' or 'knockout', "
+                f"got {action!r}"
             )
         needs = {
             "mean": (means, "mean_head_outputs", "means"),
             "patch": (source, "capture_head_outputs", "source"),
+            "resample": (source, "capture_head_outputs", "source"),
         }
         if action in needs:
             given, helper, name = needs[action]
@@ -192,7 +196,7 @@ class HeadIntervention:
                 elif self.action == "mean":
                     assert self.means is not None
                     new = self.means[head].to(current).expand_as(current)
-                elif self.action == "patch":
+                elif self.action in ("patch", "resample"):
                     assert self.source is not None
                     new = _fit(self.source[head], current)
                 else:

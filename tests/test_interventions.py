@@ -165,3 +165,22 @@ def test_effect_before_after_and_kl(gpt2, traces):
     assert (kl > 0).all()
     none = HeadIntervention([(1, 0)], "scale", scale=1.0)
     assert rc.metrics.answer_kl(gpt2, traces, none) == pytest.approx([0.0, 0.0], abs=1e-6)
+
+
+def test_resample_and_composition(gpt2, traces):
+    target, other = traces
+    head = Head(1, 1)
+    source = rc.capture_head_outputs(gpt2, other, [head])
+    patched = run(gpt2, [target], HeadIntervention([head], "patch", source=source))
+    resampled = run(gpt2, [target], HeadIntervention([head], "resample", source=source))
+    torch.testing.assert_close(resampled, patched)
+    # two interventions compose: hooks concatenate, context managers nest
+    a = HeadIntervention([(0, 0)], "zero", positions="answer")
+    b = HeadIntervention([(1, 3)], "zero", positions="answer")
+    both = HeadIntervention([(0, 0), (1, 3)], "zero", positions="answer")
+    hooks = a.hooks(gpt2, target) + b.hooks(gpt2, target)
+    combined = gpt2.run_with_hooks(target.tokens, fwd_hooks=hooks)
+    torch.testing.assert_close(combined, run(gpt2, [target], both))
+    with a.apply(gpt2, target), b.apply(gpt2, target):
+        nested = gpt2(target.tokens)
+    torch.testing.assert_close(nested, combined)

@@ -88,3 +88,16 @@ def test_solve_reproduces_generated_problems_and_makes_counterfactuals():
     assert len(other.reasoning) == len(rc.organism.solve(p.question).reasoning)
     with pytest.raises(ValueError, match="What is"):
         rc.organism.solve("a=1.")
+
+
+def test_training_is_deterministic_from_its_seed(tmp_path):
+    from safetensors.torch import load_file
+
+    from reasoning_circuits.organism.train import train
+
+    for name in ("a", "b"):
+        train(tmp_path / name, steps=3, seed=7, batch_size=4, eval_every=100, n_eval=2)
+    first = load_file(tmp_path / "a" / "model.safetensors")
+    second = load_file(tmp_path / "b" / "model.safetensors")
+    assert first.keys() == second.keys()
+    assert all((first[k] == second[k]).all() for k in first)
