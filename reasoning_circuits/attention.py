@@ -56,7 +56,7 @@ from tqdm.auto import tqdm
 
 from reasoning_circuits.errors import ProfileMismatchError
 from reasoning_circuits.models import check_fits
-from reasoning_circuits.trace import Partition, Trace
+from reasoning_circuits.trace import Partition, Trace, pad_traces
 
 __all__ = ["AttentionProfile", "ProfileSet", "Statistic", "segment_statistics"]
 
@@ -400,14 +400,11 @@ def _profile_batch(
 ) -> list[AttentionProfile]:
     partitions = [trace.partition(by) for trace in traces]
     n_parts = max(len(names) for names, _ in partitions)
-    longest = max(len(t) for t in traces)
     pad_id = getattr(model.tokenizer, "pad_token_id", None) or 0
-    tokens = torch.full((len(traces), longest), pad_id, dtype=torch.long)
-    labels = torch.full((len(traces), longest), -1, dtype=torch.long)
+    tokens, mask = pad_traces(traces, pad_id=pad_id)
+    labels = torch.full(tokens.shape, -1, dtype=torch.long)
     for row, (trace, (_, lab)) in enumerate(zip(traces, partitions)):
-        tokens[row, : len(trace)] = trace.tokens[0]
         labels[row, : len(trace)] = torch.from_numpy(lab)
-    mask = (labels >= 0).long()
     head_index = torch.tensor(heads)
     per_layer: dict[int, dict[str, Tensor]] = {}
 

@@ -44,7 +44,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from reasoning_circuits.heads import Head, as_heads
-from reasoning_circuits.trace import Segment, Trace
+from reasoning_circuits.trace import Segment, Trace, pad_traces
 
 __all__ = [
     "Effect",
@@ -327,11 +327,7 @@ def capture_head_outputs(
     """Each head's ``hook_z`` output on ``traces`` (one batch, right-padded with zeros)."""
     trace_list = [traces] if isinstance(traces, Trace) else list(traces)
     chosen = as_heads(heads)
-    width = max(map(len, trace_list))
-    tokens = torch.zeros(len(trace_list), width, dtype=torch.long)
-    valid = position_mask(trace_list, None, width)
-    for row, trace in enumerate(trace_list):
-        tokens[row, : len(trace)] = trace.tokens[0]
+    tokens, valid = pad_traces(trace_list)
     out: dict[Head, Tensor] = {}
 
     def grab(z: Tensor, *, hook: Any) -> None:
@@ -342,7 +338,7 @@ def capture_head_outputs(
 
     model.run_with_hooks(
         tokens.to(model.cfg.device),
-        attention_mask=valid.long().to(model.cfg.device) if len(trace_list) > 1 else None,
+        attention_mask=valid.to(model.cfg.device) if len(trace_list) > 1 else None,
         return_type=None,
         fwd_hooks=[
             (f"blocks.{layer}.attn.hook_z", grab) for layer in sorted({h.layer for h in chosen})
@@ -379,16 +375,12 @@ def mean_head_outputs(
     count = 0
     for start in range(0, len(traces), batch_size):
         batch = list(traces[start : start + batch_size])
-        width = max(map(len, batch))
-        tokens = torch.zeros(len(batch), width, dtype=torch.long)
-        for row, trace in enumerate(batch):
-            tokens[row, : len(trace)] = trace.tokens[0]
-        valid = position_mask(batch, None, width)
-        current["mask"] = position_mask(batch, positions, width) & valid
+        tokens, valid = pad_traces(batch)
+        current["mask"] = position_mask(batch, positions, tokens.shape[1]) & valid.bool()
         count += int(current["mask"].sum())
         model.run_with_hooks(
             tokens.to(model.cfg.device),
-            attention_mask=valid.long().to(model.cfg.device) if len(batch) > 1 else None,
+            attention_mask=valid.to(model.cfg.device) if len(batch) > 1 else None,
             return_type=None,
             fwd_hooks=[(f"blocks.{layer}.attn.hook_z", grab) for layer in layers],
         )

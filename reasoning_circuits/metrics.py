@@ -24,7 +24,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from reasoning_circuits.trace import Trace
+from reasoning_circuits.trace import Trace, pad_traces
 
 if TYPE_CHECKING:
     from reasoning_circuits.interventions import HeadIntervention
@@ -43,12 +43,8 @@ def batch_logits(
     model: Any, traces: Sequence[Trace], intervention: HeadIntervention | None = None
 ) -> Float[Tensor, "batch pos vocab"]:
     """Logits of right-padded ``traces`` in one forward pass, with the intervention if given."""
-    width = max(map(len, traces))
-    tokens = torch.zeros(len(traces), width, dtype=torch.long)
-    mask = torch.zeros_like(tokens)
-    for row, trace in enumerate(traces):
-        tokens[row, : len(trace)] = trace.tokens[0]
-        mask[row, : len(trace)] = 1
+    tokens, mask = pad_traces(traces)
+    width = tokens.shape[1]
     hooks = intervention.hooks(model, traces, width=width) if intervention is not None else []
     device = model.cfg.device
     logits = model.run_with_hooks(

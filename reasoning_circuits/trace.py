@@ -61,7 +61,7 @@ from torch import Tensor
 from reasoning_circuits.errors import TraceFormatError
 from reasoning_circuits.sentences import split_sentences
 
-__all__ = ["SEGMENT_NAMES", "Segment", "Trace"]
+__all__ = ["SEGMENT_NAMES", "Segment", "Trace", "pad_traces"]
 
 SEGMENT_NAMES: tuple[str, ...] = (
     "bos",
@@ -639,3 +639,20 @@ def _sentence_segments(
         )
         for k, (a, b) in enumerate(spans)
     ]
+
+
+def pad_traces(
+    traces: Sequence[Trace], *, pad_id: int = 0, width: int | None = None
+) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
+    """Right-pad traces to one batch: ``(tokens, attention_mask)``, row i = ``traces[i]``.
+
+    Right padding never changes a real token's result in a causal model: the padding lies in
+    every real row's future. ``width`` defaults to the longest trace.
+    """
+    width = width or max(map(len, traces))
+    tokens = torch.full((len(traces), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(traces), width), dtype=torch.long)
+    for row, trace in enumerate(traces):
+        tokens[row, : len(trace)] = torch.tensor(trace.ids)
+        mask[row, : len(trace)] = 1
+    return tokens, mask

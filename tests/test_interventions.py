@@ -14,14 +14,7 @@ def traces(tokenizer):
 
 
 def run(model, traces, iv=None):
-    width = max(map(len, traces))
-    tokens = torch.zeros(len(traces), width, dtype=torch.long)
-    mask = torch.zeros_like(tokens)
-    for row, trace in enumerate(traces):
-        tokens[row, : len(trace)] = trace.tokens[0]
-        mask[row, : len(trace)] = 1
-    hooks = iv.hooks(model, traces, width=width) if iv else []
-    return model.run_with_hooks(tokens, attention_mask=mask, fwd_hooks=hooks)
+    return rc.metrics.batch_logits(model, traces, iv)
 
 
 def test_zero_ablation_at_answer_changes_only_answer_logits(gpt2, traces):

@@ -33,8 +33,9 @@ from torch import Tensor
 from reasoning_circuits.attention import AttentionProfile
 from reasoning_circuits.heads import Head, rank_heads
 from reasoning_circuits.interventions import HeadIntervention, mean_head_outputs
+from reasoning_circuits.metrics import batch_logits
 from reasoning_circuits.organism.task import Problem, PromptMode, format_prompt, make_problems
-from reasoning_circuits.trace import Trace
+from reasoning_circuits.trace import Trace, pad_traces
 
 __all__ = ["Generated", "answer_accuracy", "evaluate", "generate", "write_model_card"]
 
@@ -134,14 +135,10 @@ def emitting_mass(model: Any, traces: list[Trace], *, batch_size: int = 100) -> 
     total = np.zeros((n_layers, n_heads))
     for start in range(0, len(traces), batch_size):
         batch = traces[start : start + batch_size]
-        width = max(map(len, batch))
-        tokens = torch.zeros(len(batch), width, dtype=torch.long)
-        mask = torch.zeros(len(batch), width, dtype=torch.long)
+        tokens, mask = pad_traces(batch)
         rows = torch.tensor([t["answer"].stop - 3 for t in batch])  # predicts N in "is N."
-        keys = torch.zeros(len(batch), width)
+        keys = torch.zeros(tokens.shape)
         for i, trace in enumerate(batch):
-            tokens[i, : len(trace)] = trace.tokens[0]
-            mask[i, : len(trace)] = 1
             keys[i, trace["reasoning"].slice] = 1.0
 
         def hook(pattern: torch.Tensor, *, hook: Any, rows: Tensor, keys: Tensor) -> None:
@@ -173,18 +170,10 @@ def answer_accuracy(
     correct = 0
     for start in range(0, len(traces), batch_size):
         batch = traces[start : start + batch_size]
-        width = max(map(len, batch))
-        tokens = torch.zeros(len(batch), width, dtype=torch.long)
-        mask = torch.zeros(len(batch), width, dtype=torch.long)
-        for row, trace in enumerate(batch):
-            tokens[row, : len(trace)] = trace.tokens[0]
-            mask[row, : len(trace)] = 1
-        hooks = intervention.hooks(model, batch, width=width) if intervention else []
-        logits = model.run_with_hooks(tokens, attention_mask=mask, fwd_hooks=hooks)
-        predicted = logits.argmax(-1)
+        predicted = batch_logits(model, batch, intervention).argmax(-1)
         for row, trace in enumerate(batch):
             first = trace["answer"].start
-            targets = tokens[row, first : len(trace)]
+            targets = trace.tokens[0, first:]
             correct += bool((predicted[row, first - 1 : len(trace) - 1] == targets).all())
     return correct / len(traces)
 

@@ -34,7 +34,7 @@ from reasoning_circuits.organism.task import (
     make_problems,
 )
 
-__all__ = ["ARCHITECTURE", "build_tokenizer", "generate_answers", "main", "train"]
+__all__ = ["ARCHITECTURE", "accuracy", "build_tokenizer", "main", "train"]
 
 ARCHITECTURE: dict[str, Any] = {
     "n_layer": 4,
@@ -90,64 +90,14 @@ def _encode_batch(
     return ids, attention, loss_mask
 
 
-@torch.no_grad()
-def generate_answers(
-    model: Any,
-    tokenizer: Any,
-    problems: list[Problem],
-    *,
-    mode: PromptMode = "reasoning",
-    batch_size: int = 100,
-    max_new_tokens: int = 160,
-) -> list[str]:
-    """Greedy completions of ``problems`` (text after the prompt, EOS and padding removed)."""
-    model.eval()
-    outputs: list[str] = []
-    for start in range(0, len(problems), batch_size):
-        chunk = problems[start : start + batch_size]
-        prompts = [
-            [
-                tokenizer.bos_token_id,
-                *tokenizer.encode(format_prompt(p, mode), add_special_tokens=False),
-            ]
-            for p in chunk
-        ]  # type: ignore[arg-type]
-        width = max(map(len, prompts))
-        ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
-        attention = torch.zeros_like(ids)
-        for i, row in enumerate(prompts):  # left padding for generation
-            ids[i, width - len(row) :] = torch.tensor(row)
-            attention[i, width - len(row) :] = 1
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=attention,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-        for row in out[:, width:].tolist():
-            if tokenizer.eos_token_id in row:
-                row = row[: row.index(tokenizer.eos_token_id)]
-            outputs.append(tokenizer.decode(row))
-    return outputs
-
-
-def answer_of(completion: str) -> str:
-    """The answer segment of a completion: the text after ``</think>``, stripped."""
-    return (
-        completion.split("</think>", 1)[1].strip()
-        if "</think>" in completion
-        else completion.strip()
-    )
-
-
 def accuracy(
     model: Any, tokenizer: Any, problems: list[Problem], *, mode: PromptMode = "reasoning"
 ) -> float:
-    """Share of problems whose answer segment equals the gold sentence."""
-    completions = generate_answers(model, tokenizer, problems, mode=mode)
-    return sum(answer_of(c) == p.gold for c, p in zip(completions, problems)) / len(problems)
+    """Share of problems whose greedy answer segment equals the gold sentence."""
+    from reasoning_circuits.organism.evaluate import generate
+
+    results = generate(model, problems, mode=mode, tokenizer=tokenizer)
+    return sum(g.correct for g in results) / len(problems)
 
 
 def train(
