@@ -3,6 +3,7 @@
 Data flows one way::
 
     Trace ──► AttentionProfile / ProfileSet ──► rank_heads ──► HeadRanking
+          ──► HeadIntervention / patching (clean vs corrupted PatchPair) ──► effect
 
 >>> import reasoning_circuits as rc
 >>> model = rc.testing.tiny_gpt2()
@@ -12,11 +13,12 @@ Data flows one way::
 (2, 4)
 """
 
-from reasoning_circuits import metrics, organism, patching, plotting, testing
+from reasoning_circuits import metrics, organism, pairs, patching, plotting, testing
 from reasoning_circuits.attention import AttentionProfile, ProfileSet, segment_statistics
 from reasoning_circuits.errors import (
     ContextLengthError,
     ModelLoadError,
+    PairAlignmentError,
     ProfileMismatchError,
     TraceFormatError,
 )
@@ -35,6 +37,7 @@ from reasoning_circuits.interventions import (
     mean_head_outputs,
 )
 from reasoning_circuits.models import load_model
+from reasoning_circuits.pairs import PatchPair, align_pair, probe_pair
 from reasoning_circuits.sentences import split_sentences
 from reasoning_circuits.trace import SEGMENT_NAMES, Segment, Trace
 
@@ -48,11 +51,14 @@ __all__ = [
     "HeadIntervention",
     "HeadRanking",
     "ModelLoadError",
+    "PairAlignmentError",
+    "PatchPair",
     "ProfileMismatchError",
     "ProfileSet",
     "Segment",
     "Trace",
     "TraceFormatError",
+    "align_pair",
     "capture_head_outputs",
     "contrast_heads",
     "induction_scores",
@@ -60,9 +66,11 @@ __all__ = [
     "mean_head_outputs",
     "metrics",
     "organism",
+    "pairs",
     "patching",
     "plotting",
     "previous_token_scores",
+    "probe_pair",
     "rank_heads",
     "rank_stability",
     "segment_statistics",

@@ -22,3 +22,7 @@ class ModelLoadError(OSError):
 
 class ProfileMismatchError(ValueError):
     """Attention profiles that are combined do not share segments, layers or heads."""
+
+
+class PairAlignmentError(ValueError):
+    """Clean and corrupted sequences cannot be put in one position frame for patching."""

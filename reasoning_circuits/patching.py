@@ -13,12 +13,24 @@ the information that decides the answer lives (R2A §4, Fig. 7).
   Fast, and only as good as the linear approximation; compare it with the exact sweep
   (:meth:`PatchSweep.rank_correlation`) before trusting it.
 
-The sweeps are batched: each forward pass carries ``batch_size`` copies of the corrupted
-input, each copy with a different patch, so many patches cost one pass.
+Inputs. Clean and corrupted share one position frame (patching position p copies position
+p): two traces of different lengths are aligned segment by segment with *masked* padding
+(:func:`reasoning_circuits.pairs.align_pair`), and a :class:`~reasoning_circuits.pairs.PatchPair`
+built with a probe (:func:`reasoning_circuits.pairs.probe_pair`) can be passed directly.
+Positions may be given as segment names (``"probe"``, ``"think_close"``) as well as indices.
 
-``metric`` maps logits ``[batch, pos, vocab]`` to one value per row ``[batch]``;
-:func:`logit_diff_metric` builds the usual one. Clean and corrupted inputs must have the same
-length and their positions must correspond (patching position p copies position p).
+Speed. A patch at layer l that writes positions ≥ s leaves every layer below l, and every
+position before s, exactly as in the corrupted run (the model is causal). So the sweeps
+record the corrupted run once and resume it at layer l for positions ≥ s only, for
+``batch_size`` patched copies at once (``resume=True``, exact; checked against a plain
+forward when recorded, with a fallback to full forwards). Positions where the clean and the
+corrupted activations are equal, e.g. every position before the first differing token, are
+not written: the patch would change nothing there. The metric is computed on logits
+``[batch, pos, vocab]``; a metric that reads only the last k positions can say so with a
+``last_positions = k`` attribute (:func:`logit_diff_metric` does for negative positions),
+and the sweep then unembeds only those.
+
+``metric`` maps logits ``[batch, pos, vocab]`` to one value per row ``[batch]``.
 
 Caveats: a sweep tells where patching *restores* the clean behaviour, not where it is
 *computed*; small models spread it over many heads. The normalised score
@@ -28,6 +40,7 @@ Caveats: a sweep tells where patching *restores* the clean behaviour, not where 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -37,11 +50,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from reasoning_circuits._resume import ResumableRun
+from reasoning_circuits.errors import PairAlignmentError
 from reasoning_circuits.metrics import normalized_logit_diff
+from reasoning_circuits.pairs import PatchPair, PositionSpec, align_pair
 from reasoning_circuits.trace import Trace
 
 __all__ = [
@@ -62,6 +78,9 @@ def logit_diff_metric(token_a: int, token_b: int, *, position: int = -1) -> Patc
         return logits[:, position, token_a] - logits[:, position, token_b]
 
     metric.__name__ = f"logit_diff[{position}]({token_a}-{token_b})"
+    if position < 0:
+        # sweeps then unembed only the last -position positions (see the module docstring)
+        metric.last_positions = -position  # type: ignore[attr-defined]
     return metric
 
 
@@ -124,198 +143,339 @@ class PatchSweep:
         return fig
 
 
-def _tokens(x: Trace | Tensor) -> Int[Tensor, "1 pos"]:
-    if isinstance(x, Trace):
-        return x.tokens
-    tokens = torch.as_tensor(x, dtype=torch.long)
-    return tokens[None] if tokens.ndim == 1 else tokens
+PairInput = Trace | Tensor | PatchPair
 
 
-def _check_pair(clean: Tensor, corrupted: Tensor) -> None:
-    if clean.shape != corrupted.shape or clean.shape[0] != 1:
-        raise ValueError(
-            f"clean {tuple(clean.shape)} and corrupted {tuple(corrupted.shape)} must be single "
-            "sequences of the same length whose positions correspond; build pairs that differ "
-            "only in the tokens you change (e.g. one number)"
+def _as_pair(clean: PairInput, corrupted: Trace | Tensor | None) -> PatchPair:
+    """One position frame for the two inputs (see :mod:`reasoning_circuits.pairs`)."""
+    if isinstance(clean, PatchPair):
+        if corrupted is not None:
+            raise TypeError("pass either a PatchPair as `clean` (and None) or two inputs")
+        return clean
+    if corrupted is None:
+        raise TypeError("`corrupted` is missing; pass the corrupted input or a PatchPair")
+    if isinstance(clean, Trace) and isinstance(corrupted, Trace):
+        return align_pair(clean, corrupted)
+    a = clean.tokens if isinstance(clean, Trace) else torch.as_tensor(clean, dtype=torch.long)
+    b = (
+        corrupted.tokens
+        if isinstance(corrupted, Trace)
+        else torch.as_tensor(corrupted, dtype=torch.long)
+    )
+    a, b = (a[None] if a.ndim == 1 else a), (b[None] if b.ndim == 1 else b)
+    if a.shape != b.shape or a.shape[0] != 1:
+        raise PairAlignmentError(
+            f"clean {tuple(a.shape)} and corrupted {tuple(b.shape)} token tensors must be single "
+            "sequences of the same length whose positions correspond. For inputs of different "
+            "lengths pass two Traces (or rc.pairs.align_pair(clean, corrupted)): they are "
+            "aligned segment by segment with masked padding"
         )
+    full = torch.ones_like(a)
+    n = a.shape[1]
+    return PatchPair(a, b, full, full.clone(), {}, tuple(range(n)), tuple(range(n)))
+
+
+@dataclass
+class _Runs:
+    """The two unpatched runs a sweep starts from."""
+
+    pair: PatchPair
+    clean_value: float
+    corrupted_value: float
+    clean: dict[int, Tensor]  # layer -> clean activation at the patched hook, batch dim dropped
+    corrupted: dict[int, Tensor]
+    corrupted_logits: Tensor
+
+
+def _mask(pair: PatchPair, side: str, batch: int = 1) -> Tensor | None:
+    if not pair.padded:
+        return None
+    mask = pair.clean_mask if side == "clean" else pair.corrupted_mask
+    return mask.expand(batch, -1)
 
 
 @torch.no_grad()
-def _baselines(
-    model: Any, clean: Tensor, corrupted: Tensor, metric: PatchMetric, names: Sequence[str]
-) -> tuple[float, float, dict[str, Tensor]]:
-    """Metric on clean and corrupted, and the clean activations at ``names``."""
-    cache: dict[str, Tensor] = {}
-
-    def keep(tensor: Tensor, *, hook: Any) -> None:
-        cache[hook.name] = tensor.detach().clone()
-
+def _baseline_runs(
+    model: Any,
+    pair: PatchPair,
+    metric: PatchMetric,
+    hook_name: Callable[[int], str],
+    layers: list[int],
+    *,
+    with_corrupted: bool = True,
+) -> _Runs:
+    """Metric and activations at ``hook_name(layer)`` on the clean and the corrupted input."""
     device = model.cfg.device
-    clean_logits = model.run_with_hooks(clean.to(device), fwd_hooks=[(n, keep) for n in names])
-    corrupted_logits = model(corrupted.to(device))
-    # the hook sees canonical names; map them back to the names we asked for
-    by_layer = {int(n.split(".")[1]): n for n in names}
-    renamed = {by_layer[int(k.split(".")[1])]: v for k, v in cache.items()}
-    return float(metric(clean_logits)[0]), float(metric(corrupted_logits)[0]), renamed
+    acts: dict[str, dict[int, Tensor]] = {"clean": {}, "corrupted": {}}
+    values, logits = {}, {}
+    sides = [("clean", pair.clean_tokens), ("corrupted", pair.corrupted_tokens)]
+    for side, tokens in sides[: 2 if with_corrupted else 1]:
+
+        def keep(tensor: Tensor, *, hook: Any, side: str = side, layer: int = 0) -> None:
+            acts[side][layer] = tensor[0].detach().clone()
+
+        hooks = [(hook_name(layer), partial(keep, layer=layer)) for layer in layers]
+        mask = _mask(pair, side)
+        out = model.run_with_hooks(
+            tokens.to(device),
+            fwd_hooks=hooks,
+            attention_mask=None if mask is None else mask.to(device),
+        )
+        values[side], logits[side] = float(metric(out)[0]), out
+    return _Runs(
+        pair,
+        values["clean"],
+        values.get("corrupted", float("nan")),
+        acts["clean"],
+        acts["corrupted"],
+        logits.get("corrupted", torch.empty(0)),
+    )
+
+
+@dataclass(frozen=True)
+class _Patch:
+    layer: int
+    index: int  # head, or the patched position for residual patches
+    positions: Tensor  # aligned positions written: those where clean differs from corrupted
+
+    @property
+    def start(self) -> int | None:
+        return int(self.positions.min()) if len(self.positions) else None
+
+
+Writer = Callable[[Tensor, int, _Patch, int], None]
 
 
 def _sweep(
     model: Any,
-    corrupted: Tensor,
+    runs: _Runs,
     metric: PatchMetric,
-    patches: list[tuple[int, int]],
+    patches: list[_Patch],
     hook_name: Callable[[int], str],
-    setter: Callable[[Tensor, Tensor, Tensor, int], None],
+    write: Writer,
+    *,
     batch_size: int,
     progress: bool,
+    resume: bool,
 ) -> np.ndarray:
-    """Run ``patches`` ((layer, index) pairs) ``batch_size`` at a time; metric per patch."""
-    out = np.empty(len(patches))
-    device = model.cfg.device
-    starts = range(0, len(patches), batch_size)
-    for start in tqdm(starts, desc="patching", disable=not progress):
-        chunk = patches[start : start + batch_size]
-        layers = sorted({layer for layer, _ in chunk})
+    """Metric for every patch; ``batch_size`` patched copies of the corrupted run per pass.
 
-        def hook_fn(act: Tensor, *, hook: Any, layer: int, chunk: list[tuple[int, int]]) -> Tensor:
-            rows = torch.tensor([i for i, (lay, _) in enumerate(chunk) if lay == layer])
-            index = torch.tensor([idx for lay, idx in chunk if lay == layer])
+    A patch that writes nothing new (``positions`` empty) leaves the corrupted run as it is.
+    With ``resume``, the others are grouped by their first written position and computed from
+    a recording of the corrupted run (:class:`ResumableRun`): only the blocks from the patched
+    layer on, and only the positions from the first written one on.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    out = np.full(len(patches), runs.corrupted_value)
+    device = model.cfg.device
+    pair = runs.pair
+    last = getattr(metric, "last_positions", None)
+    groups: dict[int, list[int]] = {}
+    for i, patch in enumerate(patches):
+        if patch.start is not None:
+            groups.setdefault(patch.start if resume else 0, []).append(i)
+    chunks = []
+    for start, members in sorted(groups.items()):
+        members.sort(key=lambda i: patches[i].layer)
+        for k in range(0, len(members), batch_size):
+            chunks.append((start, members[k : k + batch_size]))
+    recordings: dict[int, ResumableRun | None] = {}
+    for start, chunk in tqdm(chunks, desc="patching", disable=not progress):
+        offset = start if resume else 0
+        if resume and start not in recordings:
+            recordings[start] = ResumableRun.record(
+                model,
+                pair.corrupted_tokens,
+                start,
+                runs.corrupted_logits,
+                attention_mask=_mask(pair, "corrupted"),
+            )
+            if recordings[start] is None:
+                warnings.warn(
+                    "this model's blocks could not be resumed from a recorded run; running "
+                    "every patch as a full forward pass (exact, slower)",
+                    stacklevel=3,
+                )
+        recording = recordings.get(start) if resume else None
+        if recording is None:
+            offset = 0
+
+        def hook_fn(act: Tensor, *, hook: Any, layer: int, rows: list[int], offset: int) -> Tensor:
             act = act.clone()
-            setter(act, rows, index, layer)
+            for row, i in enumerate(rows):
+                if patches[i].layer == layer:
+                    write(act, row, patches[i], offset)
             return act
 
-        hooks = [(hook_name(layer), partial(hook_fn, layer=layer, chunk=chunk)) for layer in layers]
-        tokens = corrupted.expand(len(chunk), -1).to(device)
+        layers = sorted({patches[i].layer for i in chunk})
+        hooks = [
+            (hook_name(layer), partial(hook_fn, layer=layer, rows=chunk, offset=offset))
+            for layer in layers
+        ]
         with torch.no_grad():
-            logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
-            out[start : start + len(chunk)] = metric(logits).float().cpu().numpy()
+            if recording is not None:
+                logits = recording.logits(layers[0], len(chunk), fwd_hooks=hooks, last=last)
+            else:
+                mask = _mask(pair, "corrupted", len(chunk))
+                logits = model.run_with_hooks(
+                    pair.corrupted_tokens.expand(len(chunk), -1).to(device),
+                    fwd_hooks=hooks,
+                    attention_mask=None if mask is None else mask.to(device),
+                )
+            out[chunk] = metric(logits).float().cpu().numpy()
     return out
-
-
-def _positions(positions: Sequence[int] | None, n: int) -> list[int]:
-    if positions is None:
-        return list(range(n))
-    chosen = [p % n for p in positions]
-    if any(not -n <= p < n for p in positions):
-        raise IndexError(f"positions {list(positions)} fall outside a sequence of {n} tokens")
-    return chosen
 
 
 def patch_heads(
     model: Any,
-    clean: Trace | Tensor,
-    corrupted: Trace | Tensor,
+    clean: PairInput,
+    corrupted: Trace | Tensor | None,
     metric: PatchMetric,
     *,
-    positions: Sequence[int] | None = None,
+    positions: Sequence[PositionSpec] | PositionSpec | None = None,
     batch_size: int = 16,
+    resume: bool = True,
     progress: bool = False,
 ) -> PatchSweep:
     """Patch each head's clean output into the corrupted run; ``values[layer, head]``.
 
-    ``positions``: patch only these positions (default: all, as TransformerLens'
-    ``get_act_patch_attn_head_out_all_pos``).
+    ``clean``/``corrupted``: two Traces (aligned by segment when their lengths differ), two
+    ``[1, pos]`` token tensors of equal length, or a :class:`PatchPair` and ``None``.
+    ``positions``: patch only these aligned positions: ints, segment names (``"probe"``,
+    ``"answer"``) or Segments; default all, as TransformerLens'
+    ``get_act_patch_attn_head_out_all_pos``. Padded positions are never written.
+    ``resume``: compute each patch from a recording of the corrupted run (only the layers
+    from the patch on and the positions from the first one it changes; exact); ``False``
+    runs a full forward per batch.
     """
-    clean_t, corr_t = _tokens(clean), _tokens(corrupted)
-    _check_pair(clean_t, corr_t)
+    pair = _as_pair(clean, corrupted)
     n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
-    names = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
-    clean_value, corr_value, cache = _baselines(model, clean_t, corr_t, metric, names)
-    where = torch.tensor(_positions(positions, clean_t.shape[1]))
+    layers = list(range(n_layers))
+    runs = _baseline_runs(model, pair, metric, _hook_z, layers)
+    chosen = torch.tensor(pair.resolve(positions), dtype=torch.long)
+    chosen = chosen[pair.both_real[chosen]]
+    patches = []
+    for layer in layers:
+        # [pos, head]: where this head's clean output differs from its corrupted one
+        differs = (runs.clean[layer][chosen] != runs.corrupted[layer][chosen]).any(-1)
+        patches += [_Patch(layer, head, chosen[differs[:, head]]) for head in range(n_heads)]
 
-    def setter(z: Tensor, rows: Tensor, heads: Tensor, layer: int) -> None:
-        source = cache[names[layer]][0].to(z)  # [pos, head, d_head]
-        for row, head in zip(rows.tolist(), heads.tolist()):
-            z[row, where, head] = source[where, head]
+    def write(z: Tensor, row: int, patch: _Patch, offset: int) -> None:
+        source = runs.clean[patch.layer].to(z)  # [pos, head, d_head]
+        z[row, patch.positions - offset, patch.index] = source[patch.positions, patch.index]
 
-    patches = [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
     values = _sweep(
-        model,
-        corr_t,
-        metric,
-        patches,
-        lambda layer: names[layer],
-        setter,
-        batch_size,
-        progress,
-    )
+        model, runs, metric, patches, _hook_z, write,
+        batch_size=batch_size, progress=progress, resume=resume,
+    )  # fmt: skip
     return PatchSweep(
         values.reshape(n_layers, n_heads),
         ("layer", "head"),
-        {"layer": list(range(n_layers)), "head": list(range(n_heads))},
-        clean_value,
-        corr_value,
+        {"layer": layers, "head": list(range(n_heads))},
+        runs.clean_value,
+        runs.corrupted_value,
         getattr(metric, "__name__", "metric"),
     )
 
 
+def _hook_z(layer: int) -> str:
+    return f"blocks.{layer}.attn.hook_z"
+
+
+def _hook_resid_pre(layer: int) -> str:
+    return f"blocks.{layer}.hook_resid_pre"
+
+
+def _position_labels(model: Any, pair: PatchPair, positions: list[int]) -> list[str]:
+    tokenizer = getattr(model, "tokenizer", None)
+    labels = []
+    for p in positions:
+        name = pair.segment_of(p) if pair.segments else "pos"
+        token = ""
+        if tokenizer is not None and pair.clean_mask[0, p]:
+            token = " " + repr(tokenizer.decode([int(pair.clean_tokens[0, p])]))
+        labels.append(f"{p} {name}{token}")
+    return labels
+
+
 def patch_residual(
     model: Any,
-    clean: Trace | Tensor,
-    corrupted: Trace | Tensor,
+    clean: PairInput,
+    corrupted: Trace | Tensor | None,
     metric: PatchMetric,
     *,
-    positions: Sequence[int] | None = None,
+    positions: Sequence[PositionSpec] | PositionSpec | None = None,
     position_labels: Sequence[str] | None = None,
     layers: Sequence[int] | None = None,
     batch_size: int = 16,
+    resume: bool = True,
     progress: bool = False,
 ) -> PatchSweep:
     """Patch the clean residual stream at one (layer, position) at a time; ``values[layer, pos]``.
 
-    ``positions`` defaults to all; ``position_labels`` names them on the plot (e.g. the
-    tokens, or "</think>"). ``layers`` defaults to all.
+    As R2A Fig. 7, on ``hook_resid_pre``. ``positions``: aligned positions as ints (negative
+    from the end), segment names (``["probe", "think_close", -1]``) or Segments; default
+    all. ``position_labels`` name them on the plot (default: position, segment and token).
+    ``layers`` defaults to all. A position that is padding on either side gets NaN; one
+    where clean and corrupted agree gets the corrupted value exactly (the patch changes
+    nothing). ``resume`` as in :func:`patch_heads`.
     """
-    clean_t, corr_t = _tokens(clean), _tokens(corrupted)
-    _check_pair(clean_t, corr_t)
+    pair = _as_pair(clean, corrupted)
     n_layers = int(model.cfg.n_layers)
     chosen_layers = list(layers) if layers is not None else list(range(n_layers))
-    chosen_pos = _positions(positions, clean_t.shape[1])
-    names = {layer: f"blocks.{layer}.hook_resid_pre" for layer in chosen_layers}
-    clean_value, corr_value, cache = _baselines(
-        model, clean_t, corr_t, metric, list(names.values())
-    )
+    if any(not 0 <= layer < n_layers for layer in chosen_layers):
+        raise IndexError(f"layers {chosen_layers} outside the model's 0..{n_layers - 1}")
+    chosen_pos = pair.resolve(positions)
+    runs = _baseline_runs(model, pair, metric, _hook_resid_pre, chosen_layers)
+    real = pair.both_real
+    patches = []
+    for layer in chosen_layers:
+        for p in chosen_pos:
+            differs = bool(real[p]) and bool(
+                (runs.clean[layer][p] != runs.corrupted[layer][p]).any()
+            )
+            patches.append(_Patch(layer, p, torch.tensor([p] if differs else [], dtype=torch.long)))
 
-    def setter(resid: Tensor, rows: Tensor, pos: Tensor, layer: int) -> None:
-        source = cache[names[layer]][0].to(resid)  # [pos, d_model]
-        resid[rows, pos] = source[pos]
+    def write(resid: Tensor, row: int, patch: _Patch, offset: int) -> None:
+        resid[row, patch.index - offset] = runs.clean[patch.layer][patch.index].to(resid)
 
-    patches = [(layer, pos) for layer in chosen_layers for pos in chosen_pos]
     values = _sweep(
-        model,
-        corr_t,
-        metric,
-        patches,
-        lambda layer: names[layer],
-        setter,
-        batch_size,
-        progress,
+        model, runs, metric, patches, _hook_resid_pre, write,
+        batch_size=batch_size, progress=progress, resume=resume,
+    )  # fmt: skip
+    values = values.reshape(len(chosen_layers), len(chosen_pos))
+    values[:, ~real[chosen_pos].numpy()] = np.nan
+    labels = (
+        list(position_labels)
+        if position_labels is not None
+        else _position_labels(model, pair, chosen_pos)
     )
-    labels = list(position_labels) if position_labels is not None else chosen_pos
     if len(labels) != len(chosen_pos):
         raise ValueError(f"{len(labels)} position labels for {len(chosen_pos)} positions")
     return PatchSweep(
-        values.reshape(len(chosen_layers), len(chosen_pos)),
+        values,
         ("layer", "position"),
         {"layer": chosen_layers, "position": labels},
-        clean_value,
-        corr_value,
+        runs.clean_value,
+        runs.corrupted_value,
         getattr(metric, "__name__", "metric"),
     )
 
 
 def attribution_patch_heads(
-    model: Any, clean: Trace | Tensor, corrupted: Trace | Tensor, metric: PatchMetric
+    model: Any, clean: PairInput, corrupted: Trace | Tensor | None, metric: PatchMetric
 ) -> PatchSweep:
     """First-order estimate of :func:`patch_heads` (all positions) from one backward pass.
 
-    ``values[layer, head] ≈ corrupted + Σ_{pos, d} (z_clean - z_corr) · ∂metric/∂z_corr``.
+    ``values[layer, head] ≈ corrupted + Σ_{pos, d} (z_clean - z_corr) · ∂metric/∂z_corr``,
+    summed over the positions that are real on both sides. Inputs as in :func:`patch_heads`.
     """
-    clean_t, corr_t = _tokens(clean), _tokens(corrupted)
-    _check_pair(clean_t, corr_t)
+    pair = _as_pair(clean, corrupted)
     n_layers = int(model.cfg.n_layers)
-    names = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
-    clean_value, _, clean_cache = _baselines(model, clean_t, corr_t, metric, names)
+    layers = list(range(n_layers))
+    # the corrupted run is the differentiated one below
+    runs = _baseline_runs(model, pair, metric, _hook_z, layers, with_corrupted=False)
     corr_acts: dict[int, Tensor] = {}
 
     def keep(z: Tensor, *, hook: Any) -> Tensor:
@@ -323,26 +483,31 @@ def attribution_patch_heads(
         corr_acts[int(hook.name.split(".")[1])] = z
         return z
 
+    mask = _mask(pair, "corrupted")
+    device = model.cfg.device
     with torch.enable_grad():
         logits = model.run_with_hooks(
-            corr_t.to(model.cfg.device), fwd_hooks=[(n, keep) for n in names]
+            pair.corrupted_tokens.to(device),
+            fwd_hooks=[(_hook_z(layer), keep) for layer in layers],
+            attention_mask=None if mask is None else mask.to(device),
         )
         value = metric(logits)[0]
         value.backward()
+    real = pair.both_real.to(device)
     rows = []
-    for layer in range(n_layers):
+    for layer in layers:
         z = corr_acts[layer]
         assert z.grad is not None
-        delta = clean_cache[names[layer]].to(z) - z.detach()
-        rows.append((delta * z.grad).sum(dim=(0, 1, 3)).cpu().numpy())
+        delta = (runs.clean[layer].to(z) - z.detach()[0]) * real[:, None, None]
+        rows.append((delta * z.grad[0]).sum(dim=(0, 2)).cpu().numpy())
     model.zero_grad(set_to_none=True)
     estimate = float(value.detach()) + np.stack(rows)
     n_heads = estimate.shape[1]
     return PatchSweep(
         estimate,
         ("layer", "head"),
-        {"layer": list(range(n_layers)), "head": list(range(n_heads))},
-        clean_value,
+        {"layer": layers, "head": list(range(n_heads))},
+        runs.clean_value,
         float(value.detach()),
         getattr(metric, "__name__", "metric"),
         notes={"method": "attribution (first order)"},

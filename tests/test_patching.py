@@ -101,8 +101,67 @@ def test_attribution_tracks_exact_patching(lively, pair):
     assert approx.rank_correlation(exact) > 0.5
 
 
-def test_unequal_lengths_are_refused(gpt2, tokenizer):
+def test_unequal_token_tensors_are_refused_with_the_fix(gpt2, tokenizer):
     a = rc.Trace.from_parts("Q", "\nr.\n", " 1", tokenizer)
     b = rc.Trace.from_parts("Q longer", "\nr.\n", " 1", tokenizer)
-    with pytest.raises(ValueError, match="same length"):
-        patch_heads(gpt2, a, b, logit_diff_metric(1, 2))
+    with pytest.raises(rc.errors.PairAlignmentError, match="two Traces"):
+        patch_heads(gpt2, a.tokens, b.tokens, logit_diff_metric(1, 2))
+
+
+@pytest.mark.parametrize("model_name", ["gpt2", "qwen"])
+def test_resumed_sweeps_equal_full_forward_sweeps(request, model_name):
+    model = request.getfixturevalue(model_name)
+    tok = model.tokenizer
+    clean = rc.Trace.from_parts("Q: 3 + 4 = ", "\n3 + 4 = 7.\n", " 7", tok)
+    corrupted = rc.Trace.from_parts("Q: 3 + 5 = ", "\n3 + 5 = 8.\n", " 8", tok)
+    a, b = (tok.encode(x, add_special_tokens=False)[0] for x in ("7", "8"))
+    for metric in (logit_diff_metric(a, b, position=-2), logit_diff_metric(a, b, position=5)):
+        fast = patch_heads(model, clean, corrupted, metric, batch_size=3)
+        slow = patch_heads(model, clean, corrupted, metric, batch_size=3, resume=False)
+        np.testing.assert_allclose(fast.values, slow.values, atol=1e-5)
+        fast = patch_residual(model, clean, corrupted, metric, batch_size=4)
+        slow = patch_residual(model, clean, corrupted, metric, batch_size=4, resume=False)
+        np.testing.assert_allclose(fast.values, slow.values, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_name", ["gpt2", "qwen"])
+def test_a_resumed_run_reproduces_the_plain_forward(request, model_name):
+    from reasoning_circuits._resume import ResumableRun
+
+    model = request.getfixturevalue(model_name)
+    tokens = torch.randint(3, 500, (1, 17), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = model(tokens)
+    for start in (0, 1, 9, 16):
+        run = ResumableRun.record(model, tokens, start, reference)
+        assert run is not None
+        for layer in range(model.cfg.n_layers):
+            logits = run.logits(layer, 3)
+            assert logits.shape == (3, 17, reference.shape[-1])
+            torch.testing.assert_close(logits, reference.expand(3, -1, -1), atol=1e-4, rtol=0)
+            torch.testing.assert_close(
+                run.logits(layer, 2, last=2), reference[:, -2:].expand(2, -1, -1), atol=1e-4, rtol=0
+            )
+
+
+def test_unresumable_models_fall_back_to_full_forwards(lively, pair, monkeypatch):
+    from reasoning_circuits import _resume
+
+    clean, corrupted, metric = pair
+    expected = patch_heads(lively, clean, corrupted, metric)
+    monkeypatch.setattr(_resume.ResumableRun, "record", classmethod(lambda cls, *a, **k: None))
+    with pytest.warns(UserWarning, match="full forward"):
+        fallback = patch_heads(lively, clean, corrupted, metric)
+    np.testing.assert_allclose(fallback.values, expected.values, atol=1e-5)
+
+
+def test_patches_before_the_first_difference_change_nothing(lively, pair):
+    clean, corrupted, metric = pair
+    first = next(i for i, (a, b) in enumerate(zip(clean.ids, corrupted.ids)) if a != b)
+    early = patch_residual(lively, clean, corrupted, metric, positions=list(range(first)))
+    assert (early.values == early.corrupted).all()
+    heads = patch_heads(lively, clean, corrupted, metric, positions=list(range(first)))
+    assert (heads.values == heads.corrupted).all()
+    # the first differing position does matter at layer 0
+    at_first = patch_residual(lively, clean, corrupted, metric, positions=[first], layers=[0])
+    assert at_first.values[0, 0] != pytest.approx(at_first.corrupted, abs=1e-4)
