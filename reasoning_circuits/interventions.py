@@ -153,11 +153,18 @@ class HeadIntervention:
         object.__setattr__(self, "key", key)
 
     def hooks(
-        self, model: Any, traces: Trace | Sequence[Trace], *, width: int | None = None
+        self,
+        model: Any,
+        traces: Trace | Sequence[Trace],
+        *,
+        width: int | None = None,
+        offset: int = 0,
     ) -> list[Hook]:
         """Forward hooks for ``model.run_with_hooks``; row i of the batch is ``traces[i]``.
 
-        ``width`` is the padded batch length (default: the longest trace).
+        ``width`` is the padded batch length (default: the longest trace). ``offset``: the
+        hooked run covers positions ``offset, offset + 1, ...`` of the traces, as in a
+        KV-cached generation step (see :mod:`reasoning_circuits.generation`).
         """
         trace_list = [traces] if isinstance(traces, Trace) else list(traces)
         n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
@@ -176,18 +183,18 @@ class HeadIntervention:
             keys = position_mask(trace_list, self.key, width)
             blocked = rows[:, :, None] & keys[:, None, :]  # [batch, query, key]
             return [
-                (f"blocks.{layer}.attn.hook_attn_scores", self._knockout(heads, blocked))
+                (f"blocks.{layer}.attn.hook_attn_scores", self._knockout(heads, blocked, offset))
                 for layer, heads in by_layer.items()
             ]
         mask = position_mask(trace_list, self.positions, width)
         return [
-            (f"blocks.{layer}.attn.hook_z", self._hook(heads, mask))
+            (f"blocks.{layer}.attn.hook_z", self._hook(heads, mask, offset))
             for layer, heads in by_layer.items()
         ]
 
-    def _hook(self, heads: list[Head], mask: Tensor) -> Callable[..., Tensor]:
+    def _hook(self, heads: list[Head], mask: Tensor, offset: int) -> Callable[..., Tensor]:
         def hook_fn(z: Float[Tensor, "batch pos head d_head"], *, hook: Any) -> Tensor:
-            where = mask[:, : z.shape[1]].to(z.device)
+            where = mask[:, offset : offset + z.shape[1]].to(z.device)
             z = z.clone()
             for head in heads:
                 current = z[:, :, head.head]
@@ -198,7 +205,7 @@ class HeadIntervention:
                     new = self.means[head].to(current).expand_as(current)
                 elif self.action in ("patch", "resample"):
                     assert self.source is not None
-                    new = _fit(self.source[head], current)
+                    new = _fit(self.source[head], current, offset)
                 else:
                     new = current * self.scale
                 z[:, :, head.head] = torch.where(where[..., None], new, current)
@@ -206,10 +213,10 @@ class HeadIntervention:
 
         return hook_fn
 
-    def _knockout(self, heads: list[Head], blocked: Tensor) -> Callable[..., Tensor]:
+    def _knockout(self, heads: list[Head], blocked: Tensor, offset: int) -> Callable[..., Tensor]:
         def hook_fn(scores: Float[Tensor, "batch head query key"], *, hook: Any) -> Tensor:
-            n = scores.shape[-1]
-            where = blocked[:, :n, :n].to(scores.device)
+            queries, keys = scores.shape[-2:]
+            where = blocked[:, offset : offset + queries, :keys].to(scores.device)
             scores = scores.clone()
             floor = torch.finfo(scores.dtype).min
             for head in heads:
@@ -306,9 +313,11 @@ class Effect:
         )
 
 
-def _fit(source: Tensor, current: Tensor) -> Tensor:
-    """The source values for the rows and positions of ``current`` (``[batch, pos, d_head]``)."""
+def _fit(source: Tensor, current: Tensor, offset: int = 0) -> Tensor:
+    """The source values for the rows and positions of ``current`` (``[batch, pos, d_head]``,
+    covering positions ``offset...``); zeros past the end of the source."""
     batch, width = current.shape[:2]
+    width += offset
     if source.shape[0] != batch and source.shape[0] != 1:
         raise ValueError(
             f"the patch source has {source.shape[0]} rows but the batch has {batch}; capture "
@@ -317,7 +326,7 @@ def _fit(source: Tensor, current: Tensor) -> Tensor:
     if source.shape[1] < width:
         pad = torch.zeros(source.shape[0], width - source.shape[1], source.shape[2])
         source = torch.cat([source, pad.to(source)], dim=1)
-    return source[:, :width].to(current).expand(batch, -1, -1)
+    return source[:, offset:width].to(current).expand(batch, -1, -1)
 
 
 @torch.no_grad()

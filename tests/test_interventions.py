@@ -177,3 +177,52 @@ def test_resample_and_composition(gpt2, traces):
     with a.apply(gpt2, target), b.apply(gpt2, target):
         nested = gpt2(target.tokens)
     torch.testing.assert_close(nested, combined)
+
+
+def test_planted_reasoning_head_matters_and_an_unused_later_position_does_not():
+    """A head planted to read the reasoning from the answer carries the answer; ablating a
+    last-layer head at the prompt cannot reach any later position."""
+    model = rc.testing.tiny_gpt2(seed=3, n_layers=3, init_std=0.3)
+    trace = Trace.from_parts("Q: 3+4? ", "\n3+4=7.\n", " It is 7.", model.tokenizer)
+    answer_rows = slice(trace["answer"].start - 1, trace["answer"].stop)
+    after_prompt = slice(trace["prompt"].stop, None)
+    with rc.testing.planted_attention(model, [(1, 2)], query="answer", key="reasoning"):
+        base = run(model, [trace])
+        planted_off = run(model, [trace], HeadIntervention([(1, 2)], "zero", positions="answer"))
+        unused = run(model, [trace], HeadIntervention([(2, 0)], "zero", positions="prompt"))
+    assert (planted_off - base)[0, answer_rows].abs().max() > 1e-2
+    # the ablation starts at the answer: nothing before it moves
+    assert (planted_off - base)[0, : trace["answer"].start].abs().max() == 0
+    assert (unused - base)[0, after_prompt].abs().max() <= 1e-5
+
+
+def test_knockout_of_a_head_planted_on_the_reasoning_equals_a_hand_computation():
+    """Plant a head whose answer rows put (almost) all weight on the reasoning; knocking out
+    answer→reasoning leaves the softmax of its remaining scores, which we compute by hand."""
+    model = rc.testing.tiny_gpt2(seed=3, n_layers=3, init_std=0.3)
+    trace = Trace.from_parts("Q: 3+4? ", "\n3+4=7.\n", " It is 7.", model.tokenizer)
+    answer, reasoning = trace["answer"], trace["reasoning"]
+    layer, head = 1, 2
+
+    def plant(scores, hook):
+        scores = scores.clone()
+        scores[:, head, answer.slice, reasoning.slice] += 30.0
+        return scores
+
+    point = f"blocks.{layer}.attn.hook_attn_scores"
+    with model.hooks(fwd_hooks=[(point, plant)]):
+        _, planted = model.run_with_cache(trace.tokens)
+        iv = HeadIntervention([(layer, head)], "knockout", query="answer", key="reasoning")
+        with iv.apply(model, trace):
+            _, knocked = model.run_with_cache(trace.tokens)
+    pattern = planted[f"blocks.{layer}.attn.hook_pattern"][0, head]
+    assert pattern[answer.slice][:, reasoning.slice].sum(-1).min() > 0.999  # its only target
+    scores = planted[point][0, head].clone()
+    scores[answer.slice, reasoning.slice] -= 30.0  # the scores without the planted bonus
+    v = planted[f"blocks.{layer}.attn.hook_v"][0, :, head]  # [key, d_head]
+    for q in answer.positions:
+        keys = [k for k in range(q + 1) if k not in reasoning]
+        weights = torch.softmax(scores[q, keys], dim=-1)
+        expected = weights @ v[keys]
+        got = knocked[f"blocks.{layer}.attn.hook_z"][0, q, head]
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)

@@ -1,0 +1,157 @@
+"""Answers generated under an intervention, and how often they are right.
+
+Teacher-forced metrics (:mod:`reasoning_circuits.metrics`) score the answer a trace already
+has. The question "does the model still get it right without these heads?" needs the model
+to *write* the answer with the intervention in place. :func:`generate_answers` keeps each
+trace up to and including ``</think>``, then continues greedily with the intervention active
+at every step; :func:`answers_correct` grades the continuations (1.0 right, 0.0 wrong), so
+its mean is the accuracy and ``iv.effect(model, traces, answers_correct)`` gives the change
+in accuracy with a bootstrap CI.
+
+Positions during generation: the generated tokens are the trace's ``answer`` segment. An
+intervention at ``positions="answer"`` therefore acts on every generated token, and a
+knockout ``query="answer", key="reasoning"`` stops the generated answer from reading the
+reasoning. The reasoning itself is the trace's own (teacher-forced), so an intervention at
+the answer cannot change it.
+
+Generation uses the model's KV cache; each step runs the intervention's hooks with the
+position offset of the new token. Greedy decoding, one trace at a time (traces have
+different lengths; a batch would need left padding, which moves positions).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Sequence
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from tqdm.auto import tqdm
+
+from reasoning_circuits.trace import Segment, Trace
+
+if TYPE_CHECKING:
+    from reasoning_circuits.interventions import HeadIntervention
+
+__all__ = ["answers_correct", "generate_answers", "same_final_number"]
+
+Grader = Callable[[str, str], bool]
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def same_final_number(generated: str, gold: str) -> bool:
+    """Whether the last number in ``generated`` equals the last number in ``gold``.
+
+    Commas inside numbers are ignored (``1,000 == 1000``). When ``gold`` has no number, the
+    two stripped strings are compared instead.
+    """
+    want = _NUMBER.findall(gold)
+    if not want:
+        return generated.strip() == gold.strip()
+    got = _NUMBER.findall(generated)
+    if not got:
+        return False
+    return float(got[-1].replace(",", "")) == float(want[-1].replace(",", ""))
+
+
+def _grown(trace: Trace, width: int) -> Trace:
+    """``trace`` cut after ``</think>`` and grown to ``width``: the rest is the answer."""
+    start = trace["answer"].start
+    segments = dict(trace.segments)
+    segments["answer"] = Segment("answer", start, width)
+    segments["eos"] = Segment("eos", width, width)
+    ids = trace.ids[:start] + (0,) * (width - start)
+    offsets = trace.offsets[:start] + ((0, 0),) * (width - start)
+    return dataclasses.replace(trace, ids=ids, offsets=offsets, segments=MappingProxyType(segments))
+
+
+@torch.no_grad()
+def generate_answers(
+    model: Any,
+    traces: Sequence[Trace],
+    intervention: HeadIntervention | None = None,
+    *,
+    max_new_tokens: int = 32,
+    stop: str | None = None,
+    progress: bool = False,
+) -> list[str]:
+    """Greedy answers written after each trace's ``</think>``, with ``intervention`` active.
+
+    Generation stops at the tokenizer's EOS token, after ``stop`` appears in the decoded
+    answer (e.g. ``"\\n"``), or after ``max_new_tokens``. Returns the decoded answers
+    (EOS excluded), one per trace.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    tokenizer = model.tokenizer
+    eos = tokenizer.eos_token_id
+    device = model.cfg.device
+    answers = []
+    for trace in tqdm(traces, desc="generating", disable=not progress):
+        start = trace["answer"].start
+        if start == 0:
+            raise ValueError(f"{trace!r} has nothing before its answer to continue from")
+        grown = _grown(trace, start + max_new_tokens)
+        tokens = torch.tensor([trace.ids[:start]], dtype=torch.long, device=device)
+        new: list[int] = []
+        cache = None
+        for step in range(max_new_tokens):
+            offset = 0 if cache is None else start + step - 1
+            hooks = (
+                intervention.hooks(model, grown, offset=offset) if intervention is not None else []
+            )
+            with model.hooks(fwd_hooks=hooks):
+                if cache is None:
+                    logits, cache = model(tokens, return_type="logits_and_cache")
+                else:
+                    logits, cache = model(
+                        tokens[:, -1:], past_key_values=cache, return_type="logits_and_cache"
+                    )
+            token = int(logits[0, -1].argmax())
+            if token == eos:
+                break
+            new.append(token)
+            tokens = torch.cat([tokens, torch.tensor([[token]], device=device)], dim=1)
+            if stop is not None and stop in tokenizer.decode(new):
+                break
+        answers.append(tokenizer.decode(new))
+    return answers
+
+
+def answers_correct(
+    model: Any,
+    traces: Sequence[Trace],
+    intervention: HeadIntervention | None = None,
+    *,
+    gold: Sequence[str] | None = None,
+    grader: Grader = same_final_number,
+    max_new_tokens: int = 32,
+    stop: str | None = None,
+    progress: bool = False,
+) -> Float[np.ndarray, " trace"]:
+    """1.0 where the answer generated under ``intervention`` is right, else 0.0; per trace.
+
+    ``gold`` defaults to ``trace.metadata["gold"]`` when present, else the trace's own
+    answer text (then it measures whether the model still writes the answer it wrote).
+    ``grader(generated, gold)`` decides; the default compares final numbers. The signature
+    fits :meth:`HeadIntervention.effect`: ``iv.effect(model, traces, answers_correct)``.
+    """
+    trace_list = list(traces)
+    if gold is None:
+        gold = [str(t.metadata.get("gold", t.text_of("answer"))) for t in trace_list]
+    if len(gold) != len(trace_list):
+        raise ValueError(f"{len(gold)} gold answers for {len(trace_list)} traces")
+    generated = generate_answers(
+        model,
+        trace_list,
+        intervention,
+        max_new_tokens=max_new_tokens,
+        stop=stop,
+        progress=progress,
+    )
+    return np.asarray([float(grader(g, want)) for g, want in zip(generated, gold)])
