@@ -1,15 +1,18 @@
 """The R2A intervention study (§4), on the tiny reasoner: where is the answer carried?
 
-1. Clean and corrupted problems that differ in one number (the chain's starting value). With a
-   character-level tokenizer the two sequences align position by position.
-2. A probe "Final answer is X." is inserted before </think> (R2A's v0 probe), with the clean
-   answer in the clean input and the corrupted answer in the corrupted one.
-3. Patching the clean residual stream into the corrupted run at each (layer, position) and
-   measuring how much of the clean answer's logit difference comes back (R2A Fig. 7).
+1. Clean and corrupted problems that differ in one number (the chain's starting value).
+2. A probe "Final answer is X." is inserted before </think> (R2A's v0 probe) with
+   ``rc.probe_pair``, the clean answer in the clean trace and the corrupted answer in the
+   corrupted one; it re-tokenizes, re-checks that the probes align and lines the two traces
+   up segment by segment (masked padding where lengths differ).
+3. Patching the clean residual stream into the corrupted run at each layer and at positions
+   chosen by segment (the probe, </think>, the last position) and measuring how much of the
+   clean answer's logit difference comes back (R2A Fig. 7).
 4. Ablating the reasoning-focused heads (answer positions) against random heads: the change
-   in the answer's log-probability, with bootstrap CIs over problems. Heads are ranked two
-   ways: by R2A's mean over all answer rows, and by the row that emits the answer's value;
-   only the second finds the heads the answer needs (see the model card).
+   in the answer's log-probability, and in the accuracy of answers the model *generates*
+   with the heads ablated, with bootstrap CIs over problems. Heads are ranked two ways: by
+   R2A's mean over all answer rows, and by the row that emits the answer's value; only the
+   second finds the heads the answer needs (see the model card).
 
     python examples/intervention_study.py [--out out/]
 """
@@ -21,18 +24,22 @@ import random
 import re
 from pathlib import Path
 
-import numpy as np
-
 import reasoning_circuits as rc
+from reasoning_circuits.generation import answers_correct
 from reasoning_circuits.organism.evaluate import emitting_mass
 from reasoning_circuits.organism.task import Problem, format_prompt
 from reasoning_circuits.patching import logit_diff_metric, patch_residual
 
 
-def with_probe(problem: Problem, answer: int) -> str:
-    """Prompt + reference reasoning + probe + </think> + the answer's stem (no digit)."""
-    probe = f"Final answer is {answer}."
-    return f"{format_prompt(problem)}{problem.reasoning} {probe}\n</think> The answer is "
+def as_trace(problem: Problem, tokenizer, *, answer: str | None = None) -> rc.Trace:
+    """Prompt, reference reasoning and answer as a trace (default answer: the gold one)."""
+    return rc.Trace.from_parts(
+        format_prompt(problem)[: -len(" <think>\n")] + " ",
+        "\n" + problem.reasoning + " ",
+        " " + problem.gold if answer is None else answer,
+        tokenizer,
+        metadata={"gold": str(problem.value)},
+    )
 
 
 def corrupt(problem: Problem, rng: random.Random) -> Problem | None:
@@ -65,35 +72,31 @@ def main() -> None:
         other = corrupt(problem, rng)
         if other is not None:
             break
-    clean_text = with_probe(problem, problem.value)
-    corrupt_text = with_probe(other, other.value)
-    clean = [tok.bos_token_id, *tok.encode(clean_text, add_special_tokens=False)]
-    corrupted = [tok.bos_token_id, *tok.encode(corrupt_text, add_special_tokens=False)]
-    assert len(clean) == len(corrupted), "one-digit changes keep the positions aligned"
+    # the answer stops before its digit, so the last position predicts it
+    pair = rc.probe_pair(
+        as_trace(problem, tok, answer=" The answer is "),
+        as_trace(other, tok, answer=" The answer is "),
+        tok,
+        clean_answer=str(problem.value),
+        corrupted_answer=str(other.value),
+        template="Final answer is {answer}.\n",
+    )
     digit = {d: tok.encode(str(d), add_special_tokens=False)[0] for d in range(10)}
     metric = logit_diff_metric(digit[problem.value], digit[other.value], position=-1)
-    print(f"clean:     {clean_text!r}\ncorrupted: {corrupt_text!r}\n")
-
-    changed = [i for i, (a, b) in enumerate(zip(clean, corrupted)) if a != b]
-    close = clean.index(tok.convert_tokens_to_ids("</think>"))
-    probe_digit = close - 3  # "... is X.\n</think>": X, ".", "\n", then </think>
-    assert clean[probe_digit] != corrupted[probe_digit], "the probe digits must differ"
-    positions = [changed[0], probe_digit, close, len(clean) - 1]
-    labels = ["changed fact", "probe answer", "</think>", "last (predicts X)"]
+    print(f"clean:     {tok.decode(pair.clean_tokens[0])!r}")
+    print(f"corrupted: {tok.decode(pair.corrupted_tokens[0])!r}\n")
+    changed = [
+        p for p in range(len(pair)) if pair.clean_tokens[0, p] != pair.corrupted_tokens[0, p]
+    ]
     sweep = patch_residual(
-        model,
-        np.array(clean),
-        np.array(corrupted),
-        metric,
-        positions=positions,
-        position_labels=labels,
+        model, pair, None, metric, positions=[changed[0], "probe", "think_close", -1]
     )
     print(f"logit difference clean {sweep.clean:.2f}, corrupted {sweep.corrupted:.2f}")
-    print("normalised recovery by layer (rows) and position (columns):")
+    print("normalised recovery by position (rows) and layer (columns):")
     print(
         sweep.to_frame()
-        .pivot(index="layer", columns="position", values="normalized")
-        .reindex(columns=labels)
+        .pivot(index="position", columns="layer", values="normalized")
+        .reindex(index=sweep.labels["position"])
         .round(3)
         .to_string()
     )
@@ -105,16 +108,7 @@ def main() -> None:
 
     # ---- 4: ablate the reasoning-focused heads at the answer, against random heads
     problems = rc.organism.make_problems(args.n, seed=4, split="heldout")
-    traces = [
-        rc.Trace.from_parts(
-            format_prompt(p)[: -len(" <think>\n")] + " ",
-            "\n" + p.reasoning + "\n",
-            " " + p.gold,
-            tok,
-            append_eos=True,
-        )
-        for p in problems
-    ]
+    traces = [as_trace(p, tok) for p in problems]
     profiles = rc.AttentionProfile.compute(model, traces, batch_size=30)
     heads = [
         rc.Head(layer, head)
@@ -125,15 +119,14 @@ def main() -> None:
     # two rankings: R2A's mean over all answer rows, and the row that emits the value
     by_answer = list(rc.rank_heads(profiles, k=3))
     by_emitting_row = list(rc.rank_heads(emitting_mass(model, traces)[None], k=3))
-    for name, top in (("whole answer", by_answer), ("emitting row", by_emitting_row)):
-        iv = rc.HeadIntervention(top, "mean", positions="answer", means=means)
-        print(f"top-3 by {name} {[str(h) for h in top]} mean-ablated:")
-        print(f"  {iv.effect(model, traces)}")
     others = [h for h in heads if h not in by_emitting_row]
-    for _ in range(3):
-        chosen = rng.sample(others, 3)
+    studied = [("top-3 by whole answer", by_answer), ("top-3 by emitting row", by_emitting_row)]
+    studied += [("random", rng.sample(others, 3)) for _ in range(3)]
+    for name, chosen in studied:
         iv = rc.HeadIntervention(chosen, "mean", positions="answer", means=means)
-        print(f"random {[str(h) for h in chosen]}:\n  {iv.effect(model, traces)}")
+        print(f"{name} {[str(h) for h in chosen]} mean-ablated at the answer:")
+        print(f"  {iv.effect(model, traces)}")
+        print(f"  {iv.effect(model, traces, answers_correct)}")
 
 
 if __name__ == "__main__":

@@ -127,7 +127,11 @@ class PatchSweep:
         plt = _pyplot()
         data = self.normalized() if normalized else self.values
         rows, cols = self.axes[0], self.axes[1]
-        fig, ax = plt.subplots(figsize=(1.5 + 0.4 * data.shape[1], 1.0 + 0.35 * data.shape[0]))
+        longest = max((len(str(c)) for c in self.labels[cols]), default=1)
+        fig, ax = plt.subplots(
+            figsize=(2.5 + 0.4 * data.shape[1], 1.5 + 0.35 * data.shape[0] + 0.08 * longest),
+            layout="constrained",
+        )
         limit = np.nanmax(np.abs(data)) if np.isfinite(data).any() else 1.0
         image = ax.imshow(data, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto", origin="lower")
         fig.colorbar(image, ax=ax, label="normalised metric" if normalized else self.metric)
@@ -137,7 +141,6 @@ class PatchSweep:
         ax.set_yticks(range(len(self.labels[rows])), [str(r) for r in self.labels[rows]])
         ax.set_xlabel(cols)
         ax.set_ylabel(rows)
-        fig.tight_layout()
         if path is not None:
             fig.savefig(path, dpi=120)
         return fig
