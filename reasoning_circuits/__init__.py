@@ -13,7 +13,15 @@ Data flows one way::
 (2, 4)
 """
 
-from reasoning_circuits import metrics, organism, pairs, patching, plotting, testing
+from reasoning_circuits import (
+    generation,
+    metrics,
+    organism,
+    pairs,
+    patching,
+    plotting,
+    testing,
+)
 from reasoning_circuits.attention import AttentionProfile, ProfileSet, segment_statistics
 from reasoning_circuits.errors import (
     ContextLengthError,
@@ -61,6 +69,7 @@ __all__ = [
     "align_pair",
     "capture_head_outputs",
     "contrast_heads",
+    "generation",
     "induction_scores",
     "load_model",
     "mean_head_outputs",

@@ -283,26 +283,27 @@ def _sweep(
         members.sort(key=lambda i: patches[i].layer)
         for k in range(0, len(members), batch_size):
             chunks.append((start, members[k : k + batch_size]))
-    recordings: dict[int, ResumableRun | None] = {}
+    recording: ResumableRun | None = None
+    recorded_at: int | None = None
     for start, chunk in tqdm(chunks, desc="patching", disable=not progress):
-        offset = start if resume else 0
-        if resume and start not in recordings:
-            recordings[start] = ResumableRun.record(
+        if resume and start != recorded_at:
+            recording = None  # chunks come sorted by start: free the previous recording first
+            recording = ResumableRun.record(
                 model,
                 pair.corrupted_tokens,
                 start,
                 runs.corrupted_logits,
                 attention_mask=_mask(pair, "corrupted"),
             )
-            if recordings[start] is None:
+            recorded_at = start
+            if recording is None:
+                resume = False
                 warnings.warn(
                     "this model's blocks could not be resumed from a recorded run; running "
                     "every patch as a full forward pass (exact, slower)",
                     stacklevel=3,
                 )
-        recording = recordings.get(start) if resume else None
-        if recording is None:
-            offset = 0
+        offset = start if recording is not None else 0
 
         def hook_fn(act: Tensor, *, hook: Any, layer: int, rows: list[int], offset: int) -> Tensor:
             act = act.clone()
