@@ -80,6 +80,12 @@ class PatchPair:
         out: list[int] = []
         for item in items:
             if isinstance(item, str):
+                if not self.segments:
+                    raise KeyError(
+                        f"segment {item!r}: this pair was built from token tensors and has no "
+                        "segments; pass two Traces (or rc.align_pair(clean, corrupted)) to "
+                        "choose positions by segment name"
+                    )
                 if item not in self.segments:
                     raise KeyError(
                         f"no segment {item!r} in this pair; choose from {sorted(self.segments)}"

@@ -182,3 +182,11 @@ def test_positions_resolve_names_segments_and_negative_indices(lively):
         pair.resolve("probe")
     with pytest.raises(IndexError, match="aligned positions"):
         pair.resolve([len(pair)])
+
+
+def test_segment_names_need_traces(lively):
+    clean, corrupted = traces(lively.tokenizer)
+    metric = logit_diff_metric(5, 6, position=-1)
+    short = clean.tokens[:, : len(corrupted)]
+    with pytest.raises(KeyError, match="pass two Traces"):
+        patch_residual(lively, short, corrupted.tokens, metric, positions="answer")
