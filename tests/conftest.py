@@ -31,6 +31,13 @@ def qwen():
 
 
 @pytest.fixture(scope="session")
+def lively():
+    """A random GPT-2 whose logits depend strongly on the input (init std 0.3), for patching:
+    at the usual 0.02 the logits are nearly flat and clean/corrupted gaps vanish."""
+    return rc.testing.tiny_gpt2(seed=3, n_layers=3, init_std=0.3)
+
+
+@pytest.fixture(scope="session")
 def gpt2_small():
     """The exact GPT-2-small architecture with random weights."""
     return rc.testing.gpt2_small(seed=0)

@@ -13,11 +13,6 @@ from reasoning_circuits.generation import (
 )
 
 
-@pytest.fixture(scope="module")
-def lively():
-    return rc.testing.tiny_gpt2(seed=3, n_layers=3, init_std=0.3)
-
-
 def recomputed(model, trace, intervention, n):
     """Greedy answer recomputing the whole sequence at every step (no cache)."""
     start = trace["answer"].start

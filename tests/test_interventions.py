@@ -179,10 +179,10 @@ def test_resample_and_composition(gpt2, traces):
     torch.testing.assert_close(nested, combined)
 
 
-def test_planted_reasoning_head_matters_and_an_unused_later_position_does_not():
+def test_planted_reasoning_head_matters_and_an_unused_later_position_does_not(lively):
     """A head planted to read the reasoning from the answer carries the answer; ablating a
     last-layer head at the prompt cannot reach any later position."""
-    model = rc.testing.tiny_gpt2(seed=3, n_layers=3, init_std=0.3)
+    model = lively
     trace = Trace.from_parts("Q: 3+4? ", "\n3+4=7.\n", " It is 7.", model.tokenizer)
     answer_rows = slice(trace["answer"].start - 1, trace["answer"].stop)
     after_prompt = slice(trace["prompt"].stop, None)
@@ -196,10 +196,10 @@ def test_planted_reasoning_head_matters_and_an_unused_later_position_does_not():
     assert (unused - base)[0, after_prompt].abs().max() <= 1e-5
 
 
-def test_knockout_of_a_head_planted_on_the_reasoning_equals_a_hand_computation():
+def test_knockout_of_a_head_planted_on_the_reasoning_equals_a_hand_computation(lively):
     """Plant a head whose answer rows put (almost) all weight on the reasoning; knocking out
     answer→reasoning leaves the softmax of its remaining scores, which we compute by hand."""
-    model = rc.testing.tiny_gpt2(seed=3, n_layers=3, init_std=0.3)
+    model = lively
     trace = Trace.from_parts("Q: 3+4? ", "\n3+4=7.\n", " It is 7.", model.tokenizer)
     answer, reasoning = trace["answer"], trace["reasoning"]
     layer, head = 1, 2

@@ -9,11 +9,6 @@ from reasoning_circuits.pairs import align_pair, insert_probe, probe_pair
 from reasoning_circuits.patching import logit_diff_metric, patch_heads, patch_residual
 
 
-@pytest.fixture(scope="module")
-def lively():
-    return rc.testing.tiny_gpt2(seed=3, n_layers=3, init_std=0.3)
-
-
 def traces(tokenizer):
     """A long clean problem and a shorter corrupted one ("13" and "17" are two tokens)."""
     clean = rc.Trace.from_parts("Q: 13 + 4 = ", "\n13 + 4 = 17.\n", " 17", tokenizer)

@@ -13,12 +13,6 @@ from reasoning_circuits.patching import (
 
 
 @pytest.fixture(scope="module")
-def lively():
-    """A random GPT-2 whose logits depend strongly on the input (init std 0.3)."""
-    return rc.testing.tiny_gpt2(seed=3, n_layers=3, init_std=0.3)
-
-
-@pytest.fixture(scope="module")
 def pair(lively):
     """Clean and corrupted problems that differ in one number, same length."""
     tokenizer = lively.tokenizer
