@@ -95,14 +95,16 @@ class ResumableRun:
         keys: dict[int, Tensor] = {}
         values: dict[int, Tensor] = {}
 
-        def keep_call(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            calls[module._rc_layer] = (args, dict(kwargs))
+        def keeper(layer: int) -> Callable[..., None]:
+            def keep_call(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+                calls[layer] = (args, dict(kwargs))
+
+            return keep_call
 
         handles = []
         try:
             for layer, block in enumerate(blocks):
-                block._rc_layer = layer
-                handles.append(block.register_forward_pre_hook(keep_call, with_kwargs=True))
+                handles.append(block.register_forward_pre_hook(keeper(layer), with_kwargs=True))
             if start == 0:
                 model(tokens, attention_mask=mask)
                 prefix = None

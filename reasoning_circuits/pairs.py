@@ -73,7 +73,11 @@ class PatchPair:
         return (self.clean_mask[0] == 1) & (self.corrupted_mask[0] == 1)
 
     def resolve(self, positions: Sequence[PositionSpec] | PositionSpec | None) -> list[int]:
-        """Aligned positions from ints (negative from the end), segment names or Segments."""
+        """Aligned positions from ints (negative from the end), segment names or Segments.
+
+        Segments must be in the aligned frame (``pair.segments[...]``); a trace's own
+        ``trace["answer"]`` indexes the unaligned trace. ``None``: every position.
+        """
         if positions is None:
             return list(range(len(self)))
         items = [positions] if isinstance(positions, int | str | Segment) else positions
