@@ -59,3 +59,27 @@ def test_model_card_numbers_hold():
     # ablation bar: the 3 heads with the highest reasoning mass at the answer-emitting row
     assert results["drop_top3_emitting"] >= 0.30
     assert results["drop_random3_mean"] <= 0.10
+
+
+def test_ablating_its_reasoning_heads_costs_more_log_prob_than_random_heads(reasoner):
+    """R2A §4 on the shipped model: mean-ablate the top-3 heads by reasoning mass at the
+    answer-emitting row, and 3 random other heads, at the answer; compare with CIs."""
+    import random
+
+    from reasoning_circuits.organism.evaluate import emitting_mass
+
+    problems = rc.organism.make_problems(30, seed=12, split="heldout")
+    traces = [rc.Trace.from_ids(g.ids, reasoner.tokenizer) for g in generate(reasoner, problems)]
+    heads = [rc.Head(layer, head) for layer in range(4) for head in range(8)]
+    means = rc.mean_head_outputs(reasoner, traces, heads, positions="answer")
+    top = list(rc.rank_heads(emitting_mass(reasoner, traces)[None], k=3))
+    rfh = rc.HeadIntervention(top, "mean", positions="answer", means=means).effect(reasoner, traces)
+    rng = random.Random(0)
+    others = [h for h in heads if h not in top]
+    for _ in range(3):
+        chosen = rng.sample(others, 3)
+        random_effect = rc.HeadIntervention(chosen, "mean", positions="answer", means=means).effect(
+            reasoner, traces
+        )
+        assert rfh.ci[1] < random_effect.ci[0], (str(rfh), str(random_effect))
+    assert rfh.mean_diff < -1.0  # nats of answer log-probability
