@@ -8,7 +8,10 @@ Side by side in one run, same clean/corrupted pair and metric:
   resumed from the patched layer, at the positions the patch changes;
 * the resumed sweep again with the corrupted token at position 1 instead of the middle
   (less to skip: only the layers below each patch);
-* ``rc.patching.attribution_patch_heads`` (one forward + one backward).
+* ``rc.patching.attribution_patch_heads`` (one forward + one backward);
+* residual patching as in R2A Fig. 7: every layer at the last 12 positions (where the probe,
+  ``</think>`` and the answer sit), one forward per (layer, position) as R2A's code does,
+  against ``rc.patching.patch_residual``.
 
 It checks that the sweeps agree and prints the speed ratios.
 
@@ -25,7 +28,12 @@ import torch
 from transformer_lens import patching as tl_patching
 
 import reasoning_circuits as rc
-from reasoning_circuits.patching import attribution_patch_heads, logit_diff_metric, patch_heads
+from reasoning_circuits.patching import (
+    attribution_patch_heads,
+    logit_diff_metric,
+    patch_heads,
+    patch_residual,
+)
 
 
 def main() -> None:
@@ -77,6 +85,29 @@ def main() -> None:
         "rc.patching.attribution_patch_heads",
         lambda: attribution_patch_heads(model, clean, corrupted, metric),
     )
+    torch.set_grad_enabled(False)
+    late = list(range(args.tokens - 12, args.tokens))
+    _, clean_cache = model.run_with_cache(clean)
+
+    def one_forward_per_patch() -> np.ndarray:
+        out = np.empty((model.cfg.n_layers, len(late)))
+        for layer in range(model.cfg.n_layers):
+            name = f"blocks.{layer}.hook_resid_pre"
+            for col, pos in enumerate(late):
+
+                def put(resid, hook, pos=pos, name=name):
+                    resid[:, pos] = clean_cache[name][:, pos]
+                    return resid
+
+                logits = model.run_with_hooks(corrupted, fwd_hooks=[(name, put)])
+                out[layer, col] = float(metric(logits)[0])
+        return out
+
+    loop, t_loop = timed("R2A-style residual loop, last 12 positions", one_forward_per_patch)
+    resid, t_resid = timed(
+        "rc patch_residual, last 12 positions",
+        lambda: patch_residual(model, clean, corrupted, metric, positions=late),
+    )
     best_b = min(results, key=lambda b: results[b][1])
     sweep, t_best = results[best_b]
     gap = np.abs(sweep.values - theirs.detach().numpy()).max()
@@ -88,6 +119,10 @@ def main() -> None:
         f"{t_tl / t_early:.2f}x faster than TransformerLens"
     )
     print(f"full-forward batched sweep vs TransformerLens: {t_tl / full[1]:.2f}x faster")
+    print(
+        f"residual patching at the last 12 positions: {t_loop / t_resid:.1f}x faster than one "
+        f"forward per patch (max |difference| {np.abs(resid.values - loop).max():.2e})"
+    )
     print(
         f"attribution: {t_tl / t_attr:.1f}x faster than TransformerLens' exact sweep, "
         f"{t_best / t_attr:.1f}x faster than the resumed exact sweep, "

@@ -284,9 +284,17 @@ def _sweep(
         for k in range(0, len(members), batch_size):
             chunks.append((start, members[k : k + batch_size]))
     recording: ResumableRun | None = None
-    recorded_at: int | None = None
+    recorded_at = 0
+    length = pair.corrupted_tokens.shape[1]
+    n_layers = int(model.cfg.n_layers)
     for start, chunk in tqdm(chunks, desc="patching", disable=not progress):
-        if resume and start != recorded_at:
+        # A recording costs about one forward pass; a recording at an earlier start also
+        # serves this chunk, at the price of recomputing positions [recorded_at, start).
+        # Record anew only when that waste would exceed one forward pass.
+        waste = sum(
+            (n_layers - patches[i].layer) / n_layers * (start - recorded_at) / length for i in chunk
+        )
+        if resume and (recording is None or waste > 1.0):
             recording = None  # chunks come sorted by start: free the previous recording first
             recording = ResumableRun.record(
                 model,
@@ -303,7 +311,7 @@ def _sweep(
                     "every patch as a full forward pass (exact, slower)",
                     stacklevel=3,
                 )
-        offset = start if recording is not None else 0
+        offset = recorded_at if recording is not None else 0
 
         def hook_fn(act: Tensor, *, hook: Any, layer: int, rows: list[int], offset: int) -> Tensor:
             act = act.clone()

@@ -1,0 +1,31 @@
+"""The example scripts run end to end (slow tier: they are whole pipelines)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("script", "args", "expected"),
+    [
+        ("quickstart.py", ["--n", "12"], "Top reasoning-focused heads"),
+        ("planted_heads.py", [], "L3H7"),
+        ("intervention_study.py", ["--n", "12"], "answers_correct"),
+    ],
+)
+def test_example_runs(script, args, expected, tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), "--out", str(tmp_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "", "HOME": str(tmp_path)},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert expected in done.stdout
+    assert any(tmp_path.glob("*.png"))
