@@ -21,9 +21,12 @@ Positions may be given as segment names (``"probe"``, ``"think_close"``) as well
 
 Speed. A patch at layer l that writes positions ≥ s leaves every layer below l, and every
 position before s, exactly as in the corrupted run (the model is causal). So the sweeps
-record the corrupted run once and resume it at layer l for positions ≥ s only, for
-``batch_size`` patched copies at once (``resume=True``, exact; checked against a plain
-forward when recorded, with a fallback to full forwards). Positions where the clean and the
+record the corrupted run (once, or again for patches that start much later) and resume it
+at layer l for positions ≥ s only, for ``batch_size`` patched copies at once
+(``resume=True``, exact; checked against a plain forward when recorded, with a fallback to
+full forwards). The saving is largest when clean and corrupted first differ late: about 5×
+a per-head TransformerLens sweep on gpt2-small when they differ mid-sequence, 2.5× when
+they differ at the first token (docs/performance.md). Positions where the clean and the
 corrupted activations are equal, e.g. every position before the first differing token, are
 not written: the patch would change nothing there. The metric is computed on logits
 ``[batch, pos, vocab]``; a metric that reads only the last k positions can say so with a
