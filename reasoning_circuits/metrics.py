@@ -40,13 +40,37 @@ __all__ = [
 
 @torch.no_grad()
 def batch_logits(
-    model: Any, traces: Sequence[Trace], intervention: HeadIntervention | None = None
-) -> Float[Tensor, "batch pos vocab"]:
-    """Logits of right-padded ``traces`` in one forward pass, with the intervention if given."""
+    model: Any,
+    traces: Sequence[Trace],
+    intervention: HeadIntervention | None = None,
+    *,
+    rows: Sequence[Sequence[int]] | None = None,
+) -> Float[Tensor, "batch row vocab"]:
+    """Logits of right-padded ``traces`` in one forward pass, with the intervention if given.
+
+    ``rows``: for each trace, the positions whose logits are wanted; only those are
+    unembedded (on a long trace the unembedding of every position costs more memory than
+    the rest of the forward pass: 4096 positions × a 151k vocabulary is 2.5 GB). Row r of
+    trace i is then ``rows[i][r]``; shorter lists are padded by repeating their last
+    position. Default: every position, ``[batch, pos, vocab]``.
+    """
     tokens, mask = pad_traces(traces)
     width = tokens.shape[1]
     hooks = intervention.hooks(model, traces, width=width) if intervention is not None else []
     device = model.cfg.device
+    if rows is not None:
+        if len(rows) != len(traces) or any(len(r) == 0 for r in rows):
+            raise ValueError("rows needs one non-empty list of positions per trace")
+        longest = max(map(len, rows))
+        index = torch.tensor([list(r) + [r[-1]] * (longest - len(r)) for r in rows])
+        if index.min() < 0 or index.max() >= width:
+            raise IndexError(f"rows must lie in 0..{width - 1}")
+
+        def keep_rows(hidden: Tensor, *, hook: Any) -> Tensor:
+            gather = index.to(hidden.device)[..., None].expand(-1, -1, hidden.shape[-1])
+            return hidden.gather(1, gather)
+
+        hooks = [*hooks, ("unembed.hook_in", keep_rows)]
     logits = model.run_with_hooks(
         tokens.to(device),
         attention_mask=mask.to(device) if len(traces) > 1 else None,
@@ -117,16 +141,20 @@ def _answer_positions(trace: Trace) -> tuple[int, int]:
     return answer.start - 1, answer.stop - 1
 
 
+def _answer_rows(traces: Sequence[Trace]) -> list[range]:
+    return [range(*_answer_positions(t)) for t in traces]
+
+
 def answer_logprob(
     model: Any, traces: Sequence[Trace], intervention: HeadIntervention | None = None
 ) -> Float[np.ndarray, " trace"]:
     """Σ over answer tokens of log p(token | everything before), per trace, in nats."""
-    logprobs = batch_logits(model, traces, intervention).log_softmax(-1)
+    rows = _answer_rows(traces)
+    logprobs = batch_logits(model, traces, intervention, rows=rows).log_softmax(-1)
     out = []
-    for row, trace in enumerate(traces):
-        lo, hi = _answer_positions(trace)
-        targets = trace.tokens[0, lo + 1 : hi + 1]
-        out.append(float(logprobs[row, torch.arange(lo, hi), targets].sum()))
+    for i, (trace, span) in enumerate(zip(traces, rows)):
+        targets = trace.tokens[0, span.start + 1 : span.stop + 1]
+        out.append(float(logprobs[i, torch.arange(len(span)), targets].sum()))
     return np.asarray(out)
 
 
@@ -134,11 +162,11 @@ def answer_kl(
     model: Any, traces: Sequence[Trace], intervention: HeadIntervention
 ) -> Float[np.ndarray, " trace"]:
     """Mean over answer positions of KL(before ‖ after) of the next-token distributions."""
-    before = batch_logits(model, traces).log_softmax(-1)
-    after = batch_logits(model, traces, intervention).log_softmax(-1)
+    rows = _answer_rows(traces)
+    before = batch_logits(model, traces, rows=rows).log_softmax(-1)
+    after = batch_logits(model, traces, intervention, rows=rows).log_softmax(-1)
     out = []
-    for row, trace in enumerate(traces):
-        lo, hi = _answer_positions(trace)
-        p, q = before[row, lo:hi], after[row, lo:hi]
+    for i, span in enumerate(rows):
+        p, q = before[i, : len(span)], after[i, : len(span)]
         out.append(float((p.exp() * (p - q)).sum(-1).mean()))
     return np.asarray(out)

@@ -226,3 +226,23 @@ def test_knockout_of_a_head_planted_on_the_reasoning_equals_a_hand_computation(l
         expected = weights @ v[keys]
         got = knocked[f"blocks.{layer}.attn.hook_z"][0, q, head]
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("model_name", ["gpt2", "qwen"])
+def test_batch_logits_of_chosen_rows_equal_the_full_logits_there(request, model_name, traces):
+    model = request.getfixturevalue(model_name)
+    batch = [
+        Trace.from_parts("Q: 3+4? ", "\n3+4=7.\n", " It is 7.", model.tokenizer),
+        Trace.from_parts("Q: 2*5? ", "\n2*5=10. Yes.\n", " 10", model.tokenizer),
+    ]
+    iv = HeadIntervention([(1, 0)], "zero", positions="answer")
+    full = rc.metrics.batch_logits(model, batch, iv)
+    rows = [[0, 5, len(batch[0]) - 1], [2]]
+    some = rc.metrics.batch_logits(model, batch, iv, rows=rows)
+    assert some.shape == (2, 3, full.shape[-1])
+    torch.testing.assert_close(some[0], full[0, rows[0]], atol=1e-5, rtol=0)
+    torch.testing.assert_close(some[1], full[1, [2, 2, 2]], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="one non-empty list"):
+        rc.metrics.batch_logits(model, batch, rows=[[0]])
+    with pytest.raises(IndexError, match="rows must lie"):
+        rc.metrics.batch_logits(model, batch, rows=[[0], [99]])

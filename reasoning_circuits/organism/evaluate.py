@@ -170,11 +170,11 @@ def answer_accuracy(
     correct = 0
     for start in range(0, len(traces), batch_size):
         batch = traces[start : start + batch_size]
-        predicted = batch_logits(model, batch, intervention).argmax(-1)
-        for row, trace in enumerate(batch):
-            first = trace["answer"].start
-            targets = trace.tokens[0, first:]
-            correct += bool((predicted[row, first - 1 : len(trace) - 1] == targets).all())
+        rows = [range(t["answer"].start - 1, len(t) - 1) for t in batch]
+        predicted = batch_logits(model, batch, intervention, rows=rows).argmax(-1)
+        for i, (trace, span) in enumerate(zip(batch, rows)):
+            targets = trace.tokens[0, span.start + 1 :]
+            correct += bool((predicted[i, : len(span)] == targets).all())
     return correct / len(traces)
 
 
