@@ -39,7 +39,6 @@ Caveats
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +53,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from reasoning_circuits._store import load_npz, save_npz
 from reasoning_circuits.errors import ProfileMismatchError
 from reasoning_circuits.models import check_fits
 from reasoning_circuits.trace import Partition, Trace, pad_traces
@@ -354,12 +354,12 @@ class AttentionProfile:
 
     def save(self, path: str | Path) -> Path:
         """Write one ``.npz`` file (arrays + a JSON header; no pickle). Returns the path."""
-        return _save_npz(path, self._header(), self._arrays())
+        return save_npz(path, self._header(), self._arrays())
 
     @classmethod
     def load(cls, path: str | Path) -> AttentionProfile:
         """Read a file written by :meth:`save`."""
-        header, arrays = _load_npz(path)
+        header, arrays = load_npz(path)
         if header.get("kind") == "ProfileSet":
             raise ValueError(f"{path} holds a ProfileSet; use ProfileSet.load")
         return cls._from(header, arrays)
@@ -604,12 +604,12 @@ class ProfileSet(Sequence[AttentionProfile]):
             headers.append(profile._header())
             for name, array in profile._arrays().items():
                 arrays[f"{i}/{name}"] = array
-        return _save_npz(path, {"kind": "ProfileSet", "profiles": headers}, arrays)
+        return save_npz(path, {"kind": "ProfileSet", "profiles": headers}, arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> ProfileSet:
         """Read a file written by :meth:`save`."""
-        header, arrays = _load_npz(path)
+        header, arrays = load_npz(path)
         if header.get("kind") != "ProfileSet":
             raise ValueError(f"{path} holds a single AttentionProfile; use AttentionProfile.load")
         profiles = []
@@ -618,22 +618,3 @@ class ProfileSet(Sequence[AttentionProfile]):
             mine = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
             profiles.append(AttentionProfile._from(sub, mine))
         return cls(profiles)
-
-
-def _save_npz(path: str | Path, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
-    target = Path(path)
-    if target.suffix != ".npz":
-        target = target.with_suffix(target.suffix + ".npz")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp.npz")
-    payload: dict[str, Any] = {"__header__": np.array(json.dumps(header)), **arrays}
-    np.savez(tmp, **payload)
-    tmp.replace(target)  # atomic: a crash leaves the old file or the new one, never half
-    return target
-
-
-def _load_npz(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    with np.load(Path(path), allow_pickle=False) as data:
-        header = json.loads(str(data["__header__"]))
-        arrays = {k: data[k] for k in data.files if k != "__header__"}
-    return header, arrays

@@ -35,6 +35,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -43,6 +44,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from reasoning_circuits._store import load_npz, save_npz
 from reasoning_circuits.heads import Head, as_heads
 from reasoning_circuits.trace import Segment, Trace, pad_traces
 
@@ -302,6 +304,27 @@ class Effect:
                 "after": self.after,
                 "diff": self.diff,
             }
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``.npz``: ``before`` and ``after`` plus a JSON header."""
+        header = {
+            "kind": "Effect",
+            "mean_diff": self.mean_diff,
+            "ci": list(self.ci),
+            "metric": self.metric,
+        }
+        return save_npz(path, header, {"before": self.before, "after": self.after})
+
+    @classmethod
+    def load(cls, path: str | Path) -> Effect:
+        """Read an effect written by :meth:`save`."""
+        header, arrays = load_npz(path)
+        if header.get("kind") != "Effect":
+            raise ValueError(f"{path} holds a {header.get('kind')!r}, not an Effect")
+        low, high = header["ci"]
+        return cls(
+            arrays["before"], arrays["after"], header["mean_diff"], (low, high), header["metric"]
         )
 
     def __str__(self) -> str:

@@ -58,6 +58,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from reasoning_circuits._resume import ResumableRun
+from reasoning_circuits._store import load_npz, save_npz
 from reasoning_circuits.errors import PairAlignmentError
 from reasoning_circuits.metrics import normalized_logit_diff
 from reasoning_circuits.pairs import PatchPair, PositionSpec, align_pair
@@ -115,6 +116,35 @@ class PatchSweep:
         frame["normalized"] = self.normalized().ravel()
         return frame
 
+    def save(self, path: str | Path) -> Path:
+        """Write ``.npz``: ``values`` plus a JSON header with the labels and baselines."""
+        header = {
+            "kind": "PatchSweep",
+            "axes": list(self.axes),
+            "labels": {a: [_plain(x) for x in self.labels[a]] for a in self.axes},
+            "clean": self.clean,
+            "corrupted": self.corrupted,
+            "metric": self.metric,
+            "notes": self.notes,
+        }
+        return save_npz(path, header, {"values": self.values})
+
+    @classmethod
+    def load(cls, path: str | Path) -> PatchSweep:
+        """Read a sweep written by :meth:`save`."""
+        header, arrays = load_npz(path)
+        if header.get("kind") != "PatchSweep":
+            raise ValueError(f"{path} holds a {header.get('kind')!r}, not a PatchSweep")
+        return cls(
+            arrays["values"],
+            tuple(header["axes"]),
+            header["labels"],
+            header["clean"],
+            header["corrupted"],
+            header["metric"],
+            header["notes"],
+        )
+
     def rank_correlation(self, other: PatchSweep) -> float:
         """Spearman correlation of the values of two sweeps over the same patches."""
         if self.values.shape != other.values.shape:
@@ -150,6 +180,11 @@ class PatchSweep:
 
 
 PairInput = Trace | Tensor | PatchPair
+
+
+def _plain(x: Any) -> Any:
+    """A JSON-ready label (numpy scalars become Python numbers)."""
+    return x.item() if isinstance(x, np.generic) else x
 
 
 def _as_pair(clean: PairInput, corrupted: Trace | Tensor | None) -> PatchPair:

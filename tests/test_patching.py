@@ -159,3 +159,20 @@ def test_patches_before_the_first_difference_change_nothing(lively, pair):
     # the first differing position does matter at layer 0
     at_first = patch_residual(lively, clean, corrupted, metric, positions=[first], layers=[0])
     assert at_first.values[0, 0] != pytest.approx(at_first.corrupted, abs=1e-4)
+
+
+def test_sweeps_and_effects_round_trip_through_npz(lively, pair, tmp_path):
+    clean, corrupted, metric = pair
+    sweep = patch_residual(lively, clean, corrupted, metric, positions=["think_close", -1])
+    path = sweep.save(tmp_path / "sweep")
+    assert path.suffix == ".npz"
+    back = rc.patching.PatchSweep.load(path)
+    np.testing.assert_array_equal(back.values, sweep.values)
+    assert back.labels == sweep.labels and back.axes == sweep.axes
+    assert (back.clean, back.corrupted, back.metric) == (sweep.clean, sweep.corrupted, sweep.metric)
+    effect = rc.HeadIntervention([(0, 1)], "zero").effect(lively, [clean, corrupted])
+    again = type(effect).load(effect.save(tmp_path / "effect.npz"))
+    np.testing.assert_array_equal(again.after, effect.after)
+    assert (again.mean_diff, again.ci, again.metric) == (effect.mean_diff, effect.ci, effect.metric)
+    with pytest.raises(ValueError, match="not a PatchSweep"):
+        rc.patching.PatchSweep.load(tmp_path / "effect.npz")
