@@ -78,13 +78,14 @@ def generate_answers(
     *,
     max_new_tokens: int = 32,
     stop: str | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> list[str]:
     """Greedy answers written after each trace's ``</think>``, with ``intervention`` active.
 
     Generation stops at the tokenizer's EOS token, after ``stop`` appears in the decoded
     answer (e.g. ``"\\n"``), or after ``max_new_tokens``. Returns the decoded answers
-    (EOS excluded), one per trace.
+    (EOS excluded), one per trace. ``progress``: a progress bar (default: more than 10
+    traces).
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -92,7 +93,8 @@ def generate_answers(
     eos = tokenizer.eos_token_id
     device = model.cfg.device
     answers = []
-    for trace in tqdm(traces, desc="generating", disable=not progress):
+    show = progress if progress is not None else len(traces) > 10
+    for trace in tqdm(traces, desc="generating", disable=not show):
         start = trace["answer"].start
         if start == 0:
             raise ValueError(f"{trace!r} has nothing before its answer to continue from")
@@ -132,7 +134,7 @@ def answers_correct(
     grader: Grader = same_final_number,
     max_new_tokens: int = 32,
     stop: str | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> Float[np.ndarray, " trace"]:
     """1.0 where the answer generated under ``intervention`` is right, else 0.0; per trace.
 

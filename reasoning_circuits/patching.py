@@ -296,7 +296,7 @@ def _sweep(
     write: Writer,
     *,
     batch_size: int,
-    progress: bool,
+    progress: bool | None,
     resume: bool,
 ) -> np.ndarray:
     """Metric for every patch; ``batch_size`` patched copies of the corrupted run per pass.
@@ -325,7 +325,8 @@ def _sweep(
     recorded_at = 0
     length = pair.corrupted_tokens.shape[1]
     n_layers = int(model.cfg.n_layers)
-    for start, chunk in tqdm(chunks, desc="patching", disable=not progress):
+    show = progress if progress is not None else len(chunks) > 10
+    for start, chunk in tqdm(chunks, desc="patching", disable=not show):
         # A recording costs about one forward pass; a recording at an earlier start also
         # serves this chunk, at the price of recomputing positions [recorded_at, start).
         # Record anew only when that waste would exceed one forward pass.
@@ -386,7 +387,7 @@ def patch_heads(
     positions: Sequence[PositionSpec] | PositionSpec | None = None,
     batch_size: int = 16,
     resume: bool = True,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> PatchSweep:
     """Patch each head's clean output into the corrupted run; ``values[layer, head]``.
 
@@ -397,7 +398,8 @@ def patch_heads(
     ``get_act_patch_attn_head_out_all_pos``. Padded positions are never written.
     ``resume``: compute each patch from a recording of the corrupted run (only the layers
     from the patch on and the positions from the first one it changes; exact); ``False``
-    runs a full forward per batch.
+    runs a full forward per batch. ``progress``: a progress bar (default: when the sweep
+    takes more than 10 passes).
     """
     pair = _as_pair(clean, corrupted)
     n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
@@ -460,7 +462,7 @@ def patch_residual(
     layers: Sequence[int] | None = None,
     batch_size: int = 16,
     resume: bool = True,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> PatchSweep:
     """Patch the clean residual stream at one (layer, position) at a time; ``values[layer, pos]``.
 
