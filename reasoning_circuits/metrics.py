@@ -11,6 +11,8 @@
 
 Every function takes a batch of :class:`Trace` and an optional intervention and returns one
 value per trace (``numpy``), so :meth:`HeadIntervention.effect` can compare before and after.
+Accuracy of answers the model *generates* under an intervention is in
+:mod:`reasoning_circuits.generation` (``answers_correct``), with the same signature.
 """
 
 from __future__ import annotations
