@@ -51,11 +51,12 @@ import torch.nn.functional as F
 from einops import einsum
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from reasoning_circuits._hooks import act_name, hook_layer
+from reasoning_circuits._inputs import as_traces, batches, check_traces
+from reasoning_circuits._options import check_option
 from reasoning_circuits._store import load_npz, save_npz
-from reasoning_circuits.errors import ProfileMismatchError
-from reasoning_circuits.models import check_fits
+from reasoning_circuits.errors import FileFormatError, ProfileMismatchError
 from reasoning_circuits.trace import Partition, Trace, pad_traces
 
 __all__ = ["AttentionProfile", "ProfileSet", "Statistic", "segment_statistics"]
@@ -241,35 +242,44 @@ class AttentionProfile:
             progress: show a progress bar (default: when there is more than one batch).
         """
         single = isinstance(traces, Trace)
-        trace_list: list[Trace] = [traces] if isinstance(traces, Trace) else list(traces)
-        if not trace_list:
-            raise ValueError("traces is empty; pass at least one Trace")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        unknown = set(statistics) - {"mass", "per_token", "entropy", "gini"}
-        if unknown:
-            raise ValueError(
-                f"unknown statistics {sorted(unknown)}; choose from 'mass', 'per_token', "
-                "'entropy', 'gini'"
-            )
+        trace_list = as_traces(traces)
+        check_option(by, Partition, "by")
+        for statistic in statistics:
+            check_option(statistic, Statistic, "statistics")
+        check_traces(model, trace_list, what="AttentionProfile.compute")
         n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
         layer_idx = _check_indices(layers, n_layers, "layers")
         head_idx = _check_indices(heads, n_heads, "heads")
-        for trace in trace_list:
-            check_fits(model, len(trace))
-
-        order = sorted(range(len(trace_list)), key=lambda i: len(trace_list[i]))
-        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         results: list[AttentionProfile | None] = [None] * len(trace_list)
-        show = progress if progress is not None else len(batches) > 1
-        for batch in tqdm(batches, desc="attention profiles", disable=not show):
-            profiles = _profile_batch(
-                model, [trace_list[i] for i in batch], layer_idx, head_idx, by, tuple(statistics)
-            )
-            for i, profile in zip(batch, profiles):
+        for indices, chunk in batches(
+            trace_list, batch_size, desc="attention profiles", progress=progress
+        ):
+            profiles = _profile_batch(model, chunk, layer_idx, head_idx, by, tuple(statistics))
+            for i, profile in zip(indices, profiles):
                 results[i] = profile
         done = [r for r in results if r is not None]
         return done[0] if single else ProfileSet(done)
+
+    def __repr__(self) -> str:
+        stats = [
+            name
+            for name, array in (
+                ("mass", self.masses),
+                ("per_token", self.per_token_masses),
+                ("entropy", self.entropies),
+                ("gini", self.ginis),
+            )
+            if array is not None
+        ]
+        tid = self.metadata.get("id")
+        ident = f"id {tid!r}, " if tid is not None else ""
+        parts = (
+            list(self.parts) if len(self.parts) <= 9 else [*self.parts[:4], "…", *self.parts[-3:]]
+        )
+        return (
+            f"AttentionProfile({ident}{len(self.layers)} layers × {len(self.heads)} heads, "
+            f"{int(self.token_counts.sum())} tokens, parts {parts}, statistics {stats})"
+        )
 
     # ------------------------------------------------------------------ access
     def _index(self, name: str) -> int:
@@ -354,18 +364,30 @@ class AttentionProfile:
 
     def save(self, path: str | Path) -> Path:
         """Write one ``.npz`` file (arrays + a JSON header; no pickle). Returns the path."""
-        return save_npz(path, self._header(), self._arrays())
+        return save_npz(path, "AttentionProfile", self._header(), self._arrays())
 
     @classmethod
     def load(cls, path: str | Path) -> AttentionProfile:
         """Read a file written by :meth:`save`."""
-        header, arrays = load_npz(path)
-        if header.get("kind") == "ProfileSet":
-            raise ValueError(f"{path} holds a ProfileSet; use ProfileSet.load")
+        header, arrays = load_npz(path, "AttentionProfile")
         return cls._from(header, arrays)
 
     @classmethod
     def _from(cls, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> AttentionProfile:
+        n_l, n_h, n_p = len(header["layers"]), len(header["heads"]), len(header["parts"])
+        expected = {
+            "masses": (n_l, n_h, n_p, n_p),
+            "per_token_masses": (n_l, n_h, n_p, n_p),
+            "entropies": (n_l, n_h, n_p),
+            "ginis": (n_l, n_h, n_p),
+            "token_counts": (n_p,),
+        }
+        for name, array in arrays.items():
+            if name in expected and array.shape != expected[name]:
+                raise FileFormatError(
+                    f"array {name!r} has shape {array.shape} but the header's layers, heads "
+                    f"and parts say {expected[name]}; the file is inconsistent"
+                )
         return cls(
             parts=tuple(header["parts"]),
             layers=tuple(header["layers"]),
@@ -409,11 +431,11 @@ def _profile_batch(
     per_layer: dict[int, dict[str, Tensor]] = {}
 
     def reduce_hook(pattern: Tensor, hook: Any) -> None:
-        layer = int(hook.name.split(".")[1])
+        layer = hook_layer(hook)
         selected = pattern if len(heads) == pattern.shape[1] else pattern[:, head_index]
         per_layer[layer] = segment_statistics(selected, labels, n_parts, statistics=statistics)
 
-    fwd_hooks = [(f"blocks.{layer}.attn.hook_pattern", reduce_hook) for layer in layers]
+    fwd_hooks = [(act_name("pattern", layer), reduce_hook) for layer in layers]
     run_to = max(layers) + 1
     model.run_with_hooks(
         tokens.to(model.cfg.device),
@@ -535,6 +557,7 @@ class ProfileSet(Sequence[AttentionProfile]):
         ``key`` is needed for ``"mass"`` and ``"per_token"`` and must be omitted for
         ``"entropy"`` and ``"gini"``.
         """
+        check_option(statistic, Statistic, "statistic")
         self._common()
         if statistic in ("mass", "per_token"):
             if key is None:
@@ -544,8 +567,6 @@ class ProfileSet(Sequence[AttentionProfile]):
         if key is not None:
             raise ValueError(f"statistic {statistic!r} is per query part; omit key")
         row_getter = {"entropy": AttentionProfile.entropy, "gini": AttentionProfile.gini}
-        if statistic not in row_getter:
-            raise ValueError(f"unknown statistic {statistic!r}")
         return np.stack([row_getter[statistic](p, query) for p in self.profiles])
 
     def mass(self, query: str, key: str) -> Float[np.ndarray, "trace layer head"]:
@@ -604,14 +625,12 @@ class ProfileSet(Sequence[AttentionProfile]):
             headers.append(profile._header())
             for name, array in profile._arrays().items():
                 arrays[f"{i}/{name}"] = array
-        return save_npz(path, {"kind": "ProfileSet", "profiles": headers}, arrays)
+        return save_npz(path, "ProfileSet", {"profiles": headers}, arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> ProfileSet:
         """Read a file written by :meth:`save`."""
-        header, arrays = load_npz(path)
-        if header.get("kind") != "ProfileSet":
-            raise ValueError(f"{path} holds a single AttentionProfile; use AttentionProfile.load")
+        header, arrays = load_npz(path, "ProfileSet")
         profiles = []
         for i, sub in enumerate(header["profiles"]):
             prefix = f"{i}/"

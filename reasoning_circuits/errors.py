@@ -26,3 +26,11 @@ class ProfileMismatchError(ValueError):
 
 class PairAlignmentError(ValueError):
     """Clean and corrupted sequences cannot be put in one position frame for patching."""
+
+
+class TokenizerMismatchError(ValueError):
+    """A trace was made by another tokenizer than the model's."""
+
+
+class FileFormatError(ValueError):
+    """A saved result file is of another kind, a newer format, or was edited after saving."""

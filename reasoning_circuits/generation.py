@@ -25,17 +25,17 @@ import dataclasses
 import re
 from collections.abc import Callable, Sequence
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
+from reasoning_circuits._hooks import Intervention
+from reasoning_circuits._inputs import as_traces, check_traces, describe_trace
+from reasoning_circuits.errors import ContextLengthError
 from reasoning_circuits.trace import Segment, Trace
-
-if TYPE_CHECKING:
-    from reasoning_circuits.interventions import HeadIntervention
 
 __all__ = ["answers_correct", "generate_answers", "same_final_number"]
 
@@ -73,8 +73,8 @@ def _grown(trace: Trace, width: int) -> Trace:
 @torch.no_grad()
 def generate_answers(
     model: Any,
-    traces: Sequence[Trace],
-    intervention: HeadIntervention | None = None,
+    traces: Trace | Sequence[Trace],
+    intervention: Intervention | None = None,
     *,
     max_new_tokens: int = 32,
     stop: str | None = None,
@@ -89,6 +89,17 @@ def generate_answers(
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    traces = as_traces(traces)
+    # the answer is regenerated: the kept part is everything before it
+    check_traces(model, traces, what="generate_answers")
+    n_ctx = int(getattr(model.cfg, "n_ctx", 0) or 0)
+    for index, trace in enumerate(traces):
+        if n_ctx and trace["answer"].start + max_new_tokens > n_ctx:
+            raise ContextLengthError(
+                f"{describe_trace(trace, index)}: {trace['answer'].start} tokens before the "
+                f"answer + max_new_tokens={max_new_tokens} exceed the model's context of "
+                f"{n_ctx}; lower max_new_tokens or shorten the trace with rc.fit_to_context"
+            )
     tokenizer = model.tokenizer
     eos = tokenizer.eos_token_id
     device = model.cfg.device
@@ -127,8 +138,8 @@ def generate_answers(
 
 def answers_correct(
     model: Any,
-    traces: Sequence[Trace],
-    intervention: HeadIntervention | None = None,
+    traces: Trace | Sequence[Trace],
+    intervention: Intervention | None = None,
     *,
     gold: Sequence[str] | None = None,
     grader: Grader = same_final_number,
@@ -143,7 +154,7 @@ def answers_correct(
     ``grader(generated, gold)`` decides; the default compares final numbers. The signature
     fits :meth:`HeadIntervention.effect`: ``iv.effect(model, traces, answers_correct)``.
     """
-    trace_list = list(traces)
+    trace_list = as_traces(traces)
     if gold is None:
         gold = [str(t.metadata.get("gold", t.text_of("answer"))) for t in trace_list]
     if len(gold) != len(trace_list):

@@ -35,17 +35,18 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from reasoning_circuits._store import load_npz, save_npz
+from reasoning_circuits._hooks import Hook, act_name, hook_layer
+from reasoning_circuits._inputs import as_traces, batches, check_model, check_traces
+from reasoning_circuits._options import check_option
+from reasoning_circuits.effects import Effect, measure_effect
 from reasoning_circuits.heads import Head, as_heads
+from reasoning_circuits.metrics import TraceMetric
 from reasoning_circuits.trace import Segment, Trace, pad_traces
 
 __all__ = [
@@ -59,7 +60,6 @@ __all__ = [
 
 Action = Literal["zero", "mean", "scale", "patch", "resample", "knockout"]
 Positions = str | Segment | Sequence[int] | None
-Hook = tuple[str, Callable[..., Any]]
 
 
 def position_mask(traces: Sequence[Trace], positions: Positions, width: int) -> Tensor:
@@ -89,20 +89,22 @@ class HeadIntervention:
     Args:
         heads: ``Head`` objects or ``(layer, head)`` pairs.
         action: ``"zero"``, ``"mean"``, ``"scale"``, ``"patch"``, ``"resample"``, ``"knockout"``.
-        positions: where ``zero``/``mean``/``scale``/``patch`` act: a segment name, a
-            ``Segment``, token indices, or ``None`` (all positions).
+        positions: where ``zero``/``mean``/``scale``/``patch``/``resample`` act: a segment
+            name, a ``Segment``, token indices, or ``None`` (all positions).
         means: for ``"mean"``: ``{Head: [d_head] tensor}``, from :func:`mean_head_outputs`.
         scale: for ``"scale"``: the factor.
         source: for ``"patch"``/``"resample"``: ``{Head: [batch, pos, d_head] tensor}`` from
             :func:`capture_head_outputs` on the source inputs (row i patches batch row i).
         query, key: for ``"knockout"``: segment names; ``query`` rows lose ``key`` keys.
+
+    An argument the action does not use is refused (``ValueError``), not ignored.
     """
 
     heads: tuple[Head, ...]
     action: Action
     positions: Positions = None
     means: dict[Head, Tensor] | None = None
-    scale: float = 1.0
+    scale: float | None = None
     source: dict[Head, Tensor] | None = None
     query: str | None = None
     key: str | None = None
@@ -114,7 +116,7 @@ class HeadIntervention:
         *,
         positions: Positions = None,
         means: dict[Head, Tensor] | None = None,
-        scale: float = 1.0,
+        scale: float | None = None,
         source: dict[Head, Tensor] | None = None,
         query: str | None = None,
         key: str | None = None,
@@ -122,10 +124,35 @@ class HeadIntervention:
         chosen = tuple(as_heads(heads))
         if not chosen:
             raise ValueError("heads is empty; name at least one (layer, head)")
-        if action not in ("zero", "mean", "scale", "patch", "resample", "knockout"):
+        check_option(action, Action, "action")
+        # Each action reads its own arguments; one that it would ignore is refused, so a
+        # typo such as scale= on a knockout cannot pass silently.
+        given = {
+            "positions": positions is not None,
+            "means": means is not None,
+            "scale": scale is not None,
+            "source": source is not None,
+            "query": query is not None,
+            "key": key is not None,
+        }
+        uses = {
+            "zero": {"positions"},
+            "mean": {"positions", "means"},
+            "scale": {"positions", "scale"},
+            "patch": {"positions", "source"},
+            "resample": {"positions", "source"},
+            "knockout": {"query", "key"},
+        }[action]
+        ignored = [name for name, present in given.items() if present and name not in uses]
+        if ignored:
             raise ValueError(
-                "action must be 'zero', 'mean', 'scale', 'patch', 'resample' or 'knockout', "
-                f"got {action!r}"
+                f"action={action!r} does not use {', '.join(ignored)}; it takes "
+                f"{', '.join(sorted(uses))}. Remove the extra arguments"
+                + (
+                    " (a knockout chooses its rows with query= and its keys with key=)"
+                    if action == "knockout" and "positions" in ignored
+                    else ""
+                )
             )
         needs = {
             "mean": (means, "mean_head_outputs", "means"),
@@ -133,13 +160,15 @@ class HeadIntervention:
             "resample": (source, "capture_head_outputs", "source"),
         }
         if action in needs:
-            given, helper, name = needs[action]
-            missing = [str(h) for h in chosen if given is None or h not in given]
+            values, helper, name = needs[action]
+            missing = [str(h) for h in chosen if values is None or h not in values]
             if missing:
                 raise ValueError(
                     f"action={action!r} needs values for {missing}; compute them with "
                     f"rc.{helper}(model, traces, heads) and pass {name}=..."
                 )
+        if action == "scale" and scale is None:
+            raise ValueError("action='scale' needs scale=, the factor (e.g. scale=0.5)")
         if action == "knockout" and (query is None or key is None):
             raise ValueError(
                 "action='knockout' needs query= and key= segment names, e.g. "
@@ -149,7 +178,7 @@ class HeadIntervention:
         object.__setattr__(self, "action", action)
         object.__setattr__(self, "positions", positions)
         object.__setattr__(self, "means", means)
-        object.__setattr__(self, "scale", float(scale))
+        object.__setattr__(self, "scale", None if scale is None else float(scale))
         object.__setattr__(self, "source", source)
         object.__setattr__(self, "query", query)
         object.__setattr__(self, "key", key)
@@ -168,7 +197,8 @@ class HeadIntervention:
         hooked run covers positions ``offset, offset + 1, ...`` of the traces, as in a
         KV-cached generation step (see :mod:`reasoning_circuits.generation`).
         """
-        trace_list = [traces] if isinstance(traces, Trace) else list(traces)
+        trace_list = as_traces(traces)
+        check_model(model)
         n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
         for head in self.heads:
             if head.layer >= n_layers or head.head >= n_heads:
@@ -185,12 +215,12 @@ class HeadIntervention:
             keys = position_mask(trace_list, self.key, width)
             blocked = rows[:, :, None] & keys[:, None, :]  # [batch, query, key]
             return [
-                (f"blocks.{layer}.attn.hook_attn_scores", self._knockout(heads, blocked, offset))
+                (act_name("attn_scores", layer), self._knockout(heads, blocked, offset))
                 for layer, heads in by_layer.items()
             ]
         mask = position_mask(trace_list, self.positions, width)
         return [
-            (f"blocks.{layer}.attn.hook_z", self._hook(heads, mask, offset))
+            (act_name("z", layer), self._hook(heads, mask, offset))
             for layer, heads in by_layer.items()
         ]
 
@@ -209,6 +239,7 @@ class HeadIntervention:
                     assert self.source is not None
                     new = _fit(self.source[head], current, offset)
                 else:
+                    assert self.scale is not None
                     new = current * self.scale
                 z[:, :, head.head] = torch.where(where[..., None], new, current)
             return z
@@ -230,36 +261,26 @@ class HeadIntervention:
     def effect(
         self,
         model: Any,
-        traces: Sequence[Trace],
-        metric: Callable[..., np.ndarray] | None = None,
+        traces: Trace | Sequence[Trace],
+        metric: TraceMetric | None = None,
         *,
+        batch_size: int = 8,
         confidence: float = 0.95,
-        n_resamples: int = 2000,
+        progress: bool | None = None,
         seed: int = 0,
     ) -> Effect:
-        """The metric per trace without and with the intervention, and their difference.
-
-        ``metric(model, traces, intervention_or_None)`` returns one value per trace; the
-        default is :func:`reasoning_circuits.metrics.answer_logprob`. The CI of the mean
-        difference is a percentile bootstrap over traces (one trace per problem, please).
-        """
-        from reasoning_circuits.metrics import answer_logprob
-
-        score = metric or answer_logprob
-        trace_list = list(traces)
-        before = np.asarray(score(model, trace_list, None), dtype=float)
-        after = np.asarray(score(model, trace_list, self), dtype=float)
-        diff = after - before
-        rng = np.random.default_rng(seed)
-        draws = rng.integers(0, len(diff), size=(n_resamples, len(diff)))
-        means = diff[draws].mean(1)
-        alpha = (1 - confidence) / 2
-        return Effect(
-            before,
-            after,
-            float(diff.mean()),
-            (float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))),
-            getattr(score, "__name__", "metric"),
+        """``rc.measure_effect(model, traces, self, metric, ...)``: the metric per trace without
+        and with this intervention, the mean change and its interval (see
+        :mod:`reasoning_circuits.effects`)."""
+        return measure_effect(
+            model,
+            traces,
+            self,
+            metric,
+            batch_size=batch_size,
+            confidence=confidence,
+            progress=progress,
+            seed=seed,
         )
 
     @contextmanager
@@ -280,62 +301,6 @@ class HeadIntervention:
                 point.fwd_hooks = [h for h in point.fwd_hooks if h not in handles]
 
 
-@dataclass(frozen=True)
-class Effect:
-    """Per-trace metric values ``before`` and ``after`` an intervention, and the mean change."""
-
-    before: np.ndarray
-    after: np.ndarray
-    mean_diff: float
-    ci: tuple[float, float]
-    metric: str
-
-    @property
-    def diff(self) -> np.ndarray:
-        """``after - before`` per trace."""
-        return self.after - self.before
-
-    def to_frame(self) -> pd.DataFrame:
-        """One row per trace: ``trace, before, after, diff``."""
-        return pd.DataFrame(
-            {
-                "trace": np.arange(len(self.before)),
-                "before": self.before,
-                "after": self.after,
-                "diff": self.diff,
-            }
-        )
-
-    def save(self, path: str | Path) -> Path:
-        """Write ``.npz``: ``before`` and ``after`` plus a JSON header."""
-        header = {
-            "kind": "Effect",
-            "mean_diff": self.mean_diff,
-            "ci": list(self.ci),
-            "metric": self.metric,
-        }
-        return save_npz(path, header, {"before": self.before, "after": self.after})
-
-    @classmethod
-    def load(cls, path: str | Path) -> Effect:
-        """Read an effect written by :meth:`save`."""
-        header, arrays = load_npz(path)
-        if header.get("kind") != "Effect":
-            raise ValueError(f"{path} holds a {header.get('kind')!r}, not an Effect")
-        low, high = header["ci"]
-        return cls(
-            arrays["before"], arrays["after"], header["mean_diff"], (low, high), header["metric"]
-        )
-
-    def __str__(self) -> str:
-        low, high = self.ci
-        return (
-            f"{self.metric}: {self.before.mean():.4f} → {self.after.mean():.4f} "
-            f"(mean change {self.mean_diff:+.4f}, 95% CI [{low:+.4f}, {high:+.4f}], "
-            f"n={len(self.before)})"
-        )
-
-
 def _fit(source: Tensor, current: Tensor, offset: int = 0) -> Tensor:
     """The source values for the rows and positions of ``current`` (``[batch, pos, d_head]``,
     covering positions ``offset...``); zeros past the end of the source."""
@@ -354,59 +319,73 @@ def _fit(source: Tensor, current: Tensor, offset: int = 0) -> Tensor:
 
 @torch.no_grad()
 def capture_head_outputs(
-    model: Any, traces: Trace | Sequence[Trace], heads: Iterable[Head | tuple[int, int]]
+    model: Any,
+    traces: Trace | Sequence[Trace],
+    heads: Iterable[Head | tuple[int, int] | str],
+    *,
+    batch_size: int = 8,
+    progress: bool | None = None,
 ) -> dict[Head, Float[Tensor, "batch pos d_head"]]:
-    """Each head's ``hook_z`` output on ``traces`` (one batch, right-padded with zeros)."""
-    trace_list = [traces] if isinstance(traces, Trace) else list(traces)
+    """Each head's ``hook_z`` output on ``traces``: row i is ``traces[i]``, right-padded with
+    zeros to the longest trace. ``batch_size`` traces run per forward pass."""
+    trace_list = as_traces(traces)
+    check_traces(model, trace_list, what="capture_head_outputs")
     chosen = as_heads(heads)
-    tokens, valid = pad_traces(trace_list)
-    out: dict[Head, Tensor] = {}
+    width = max(map(len, trace_list))
+    out = {h: torch.zeros(len(trace_list), width, int(model.cfg.d_head)) for h in chosen}
+    current: dict[str, Any] = {}
 
     def grab(z: Tensor, *, hook: Any) -> None:
-        layer = int(hook.name.split(".")[1])
+        layer = hook_layer(hook)
+        valid, indices = current["valid"].to(z), current["indices"]
         for h in chosen:
             if h.layer == layer:
-                out[h] = (z[:, :, h.head] * valid[..., None].to(z)).detach().cpu()
+                values = (z[:, :, h.head] * valid[..., None]).detach().float().cpu()
+                out[h][indices, : values.shape[1]] = values
 
-    model.run_with_hooks(
-        tokens.to(model.cfg.device),
-        attention_mask=valid.to(model.cfg.device) if len(trace_list) > 1 else None,
-        return_type=None,
-        fwd_hooks=[
-            (f"blocks.{layer}.attn.hook_z", grab) for layer in sorted({h.layer for h in chosen})
-        ],
-    )
+    layers = sorted({h.layer for h in chosen})
+    for indices, chunk in batches(trace_list, batch_size, desc="head outputs", progress=progress):
+        tokens, valid = pad_traces(chunk)
+        current.update(valid=valid, indices=torch.tensor(indices))
+        model.run_with_hooks(
+            tokens.to(model.cfg.device),
+            attention_mask=valid.to(model.cfg.device) if len(chunk) > 1 else None,
+            return_type=None,
+            fwd_hooks=[(act_name("z", layer), grab) for layer in layers],
+        )
     return out
 
 
 @torch.no_grad()
 def mean_head_outputs(
     model: Any,
-    traces: Sequence[Trace],
-    heads: Iterable[Head | tuple[int, int]],
+    traces: Trace | Sequence[Trace],
+    heads: Iterable[Head | tuple[int, int] | str],
     *,
     positions: Positions = "answer",
     batch_size: int = 16,
+    progress: bool | None = None,
 ) -> dict[Head, Float[Tensor, " d_head"]]:
     """Each head's mean ``hook_z`` output over the chosen positions of ``traces``.
 
     Every position counts once (positions of all traces pooled).
     """
+    trace_list = as_traces(traces)
+    check_traces(model, trace_list, what="mean_head_outputs")
     chosen = as_heads(heads)
     sums = {h: torch.zeros(int(model.cfg.d_head)) for h in chosen}
     layers = sorted({h.layer for h in chosen})
     current: dict[str, Tensor] = {}  # the batch's position mask, read by the hook
 
     def grab(z: Tensor, *, hook: Any) -> None:
-        layer = int(hook.name.split(".")[1])
+        layer = hook_layer(hook)
         where = current["mask"].to(z.device)
         for h in chosen:
             if h.layer == layer:
                 sums[h] += z[:, :, h.head][where].float().sum(0).cpu()
 
     count = 0
-    for start in range(0, len(traces), batch_size):
-        batch = list(traces[start : start + batch_size])
+    for _, batch in batches(trace_list, batch_size, desc="mean head outputs", progress=progress):
         tokens, valid = pad_traces(batch)
         current["mask"] = position_mask(batch, positions, tokens.shape[1]) & valid.bool()
         count += int(current["mask"].sum())
@@ -414,7 +393,7 @@ def mean_head_outputs(
             tokens.to(model.cfg.device),
             attention_mask=valid.to(model.cfg.device) if len(batch) > 1 else None,
             return_type=None,
-            fwd_hooks=[(f"blocks.{layer}.attn.hook_z", grab) for layer in layers],
+            fwd_hooks=[(act_name("z", layer), grab) for layer in layers],
         )
     if count == 0:
         raise ValueError(f"no positions selected by {positions!r} in the reference traces")

@@ -9,8 +9,11 @@
 * :func:`answer_kl`: the mean over answer positions of KL(p_before ‖ p_after) between the
   next-token distributions of two runs, in nats.
 
-Every function takes a batch of :class:`Trace` and an optional intervention and returns one
-value per trace (``numpy``), so :meth:`HeadIntervention.effect` can compare before and after.
+Every trace metric takes ``(model, traces, intervention=None, *, batch_size, progress)``, where
+``traces`` is one :class:`Trace` or a sequence, runs ``batch_size`` traces per forward pass
+and returns one value per trace (``numpy``), so :func:`reasoning_circuits.measure_effect`
+can compare before and after. (Patching sweeps use another kind of metric, on logits:
+``LogitMetric`` in :mod:`reasoning_circuits.patching`.)
 Accuracy of answers the model *generates* under an intervention is in
 :mod:`reasoning_circuits.generation` (``answers_correct``), with the same signature.
 """
@@ -18,20 +21,20 @@ Accuracy of answers the model *generates* under an intervention is in
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from reasoning_circuits._hooks import Intervention
+from reasoning_circuits._inputs import as_traces, batches, check_traces, describe_trace
 from reasoning_circuits.trace import Trace, pad_traces
 
-if TYPE_CHECKING:
-    from reasoning_circuits.interventions import HeadIntervention
-
 __all__ = [
+    "TraceMetric",
     "answer_kl",
     "answer_logprob",
     "batch_logits",
@@ -39,30 +42,23 @@ __all__ = [
     "normalized_logit_diff",
 ]
 
+TraceMetric = Callable[..., Float[np.ndarray, " trace"]]
+"""``metric(model, traces, intervention=None, *, batch_size=..., progress=...)`` → one value per
+trace, e.g. :func:`answer_logprob` or :func:`reasoning_circuits.generation.answers_correct`."""
+
 
 @torch.no_grad()
-def batch_logits(
+def _logits_one_batch(
     model: Any,
     traces: Sequence[Trace],
-    intervention: HeadIntervention | None = None,
-    *,
-    rows: Sequence[Sequence[int]] | None = None,
-) -> Float[Tensor, "batch row vocab"]:
-    """Logits of right-padded ``traces`` in one forward pass, with the intervention if given.
-
-    ``rows``: for each trace, the positions whose logits are wanted; only those are
-    unembedded (on a long trace the unembedding of every position costs more memory than
-    the rest of the forward pass: 4096 positions × a 151k vocabulary is 2.5 GB). Row r of
-    trace i is then ``rows[i][r]``; shorter lists are padded by repeating their last
-    position. Default: every position, ``[batch, pos, vocab]``.
-    """
+    intervention: Intervention | None,
+    rows: Sequence[Sequence[int]] | None,
+) -> Tensor:
     tokens, mask = pad_traces(traces)
     width = tokens.shape[1]
     hooks = intervention.hooks(model, traces, width=width) if intervention is not None else []
     device = model.cfg.device
     if rows is not None:
-        if len(rows) != len(traces) or any(len(r) == 0 for r in rows):
-            raise ValueError("rows needs one non-empty list of positions per trace")
         longest = max(map(len, rows))
         index = torch.tensor([list(r) + [r[-1]] * (longest - len(r)) for r in rows])
         if index.min() < 0 or index.max() >= width:
@@ -79,6 +75,47 @@ def batch_logits(
         fwd_hooks=hooks,
     )
     return logits.float().cpu()
+
+
+def batch_logits(
+    model: Any,
+    traces: Trace | Sequence[Trace],
+    intervention: Intervention | None = None,
+    *,
+    rows: Sequence[Sequence[int]] | None = None,
+    batch_size: int | None = None,
+    progress: bool | None = None,
+) -> Float[Tensor, "batch row vocab"]:
+    """Logits of right-padded ``traces``, with the intervention if given.
+
+    ``rows``: for each trace, the positions whose logits are wanted; only those are
+    unembedded (on a long trace the unembedding of every position costs more memory than
+    the rest of the forward pass: 4096 positions × a 151k vocabulary is 2.5 GB). Row r of
+    trace i is then ``rows[i][r]``; shorter lists are padded by repeating their last
+    position. Default: every position, ``[batch, pos, vocab]``, padded positions NaN.
+    ``batch_size``: traces per forward pass (default: all in one).
+    """
+    trace_list = as_traces(traces)
+    check_traces(model, trace_list, what="batch_logits")
+    if rows is not None and (len(rows) != len(trace_list) or any(len(r) == 0 for r in rows)):
+        raise ValueError("rows needs one non-empty list of positions per trace")
+    parts: list[tuple[list[int], Tensor]] = []
+    for indices, chunk in batches(
+        trace_list, batch_size or len(trace_list), desc="logits", progress=progress
+    ):
+        chunk_rows = None if rows is None else [rows[i] for i in indices]
+        parts.append((indices, _logits_one_batch(model, chunk, intervention, chunk_rows)))
+    if len(parts) == 1 and parts[0][0] == list(range(len(trace_list))):
+        return parts[0][1]
+    width = max(p.shape[1] for _, p in parts)
+    vocab = parts[0][1].shape[-1]
+    out = torch.full((len(trace_list), width, vocab), float("nan"))
+    for indices, logits in parts:
+        for row, index in enumerate(indices):
+            out[index, : logits.shape[1]] = logits[row]
+            if rows is not None and logits.shape[1] < width:  # repeat the last row, as documented
+                out[index, logits.shape[1] :] = logits[row, -1]
+    return out
 
 
 def logit_diff(
@@ -139,7 +176,10 @@ def _answer_positions(trace: Trace) -> tuple[int, int]:
     """Prediction rows ``[start - 1, stop - 1)`` for the answer tokens ``[start, stop)``."""
     answer = trace["answer"]
     if len(answer) == 0:
-        raise ValueError(f"{trace!r} has an empty answer; there is nothing to score")
+        raise ValueError(
+            f"{describe_trace(trace)} has an empty answer; there is nothing to score. Leave out "
+            "traces whose answer is empty (unfinished generations), or score another segment"
+        )
     return answer.start - 1, answer.stop - 1
 
 
@@ -148,27 +188,45 @@ def _answer_rows(traces: Sequence[Trace]) -> list[range]:
 
 
 def answer_logprob(
-    model: Any, traces: Sequence[Trace], intervention: HeadIntervention | None = None
+    model: Any,
+    traces: Trace | Sequence[Trace],
+    intervention: Intervention | None = None,
+    *,
+    batch_size: int = 8,
+    progress: bool | None = None,
 ) -> Float[np.ndarray, " trace"]:
     """Σ over answer tokens of log p(token | everything before), per trace, in nats."""
-    rows = _answer_rows(traces)
-    logprobs = batch_logits(model, traces, intervention, rows=rows).log_softmax(-1)
-    out = []
-    for i, (trace, span) in enumerate(zip(traces, rows)):
-        targets = trace.tokens[0, span.start + 1 : span.stop + 1]
-        out.append(float(logprobs[i, torch.arange(len(span)), targets].sum()))
-    return np.asarray(out)
+    trace_list = as_traces(traces)
+    check_traces(model, trace_list, what="answer_logprob")
+    out = np.empty(len(trace_list))
+    for indices, chunk in batches(
+        trace_list, batch_size, desc="answer log-prob", progress=progress
+    ):
+        rows = _answer_rows(chunk)
+        logprobs = _logits_one_batch(model, chunk, intervention, rows).log_softmax(-1)
+        for i, (index, trace, span) in enumerate(zip(indices, chunk, rows)):
+            targets = trace.tokens[0, span.start + 1 : span.stop + 1]
+            out[index] = float(logprobs[i, torch.arange(len(span)), targets].sum())
+    return out
 
 
 def answer_kl(
-    model: Any, traces: Sequence[Trace], intervention: HeadIntervention
+    model: Any,
+    traces: Trace | Sequence[Trace],
+    intervention: Intervention,
+    *,
+    batch_size: int = 8,
+    progress: bool | None = None,
 ) -> Float[np.ndarray, " trace"]:
-    """Mean over answer positions of KL(before ‖ after) of the next-token distributions."""
-    rows = _answer_rows(traces)
-    before = batch_logits(model, traces, rows=rows).log_softmax(-1)
-    after = batch_logits(model, traces, intervention, rows=rows).log_softmax(-1)
-    out = []
-    for i, span in enumerate(rows):
-        p, q = before[i, : len(span)], after[i, : len(span)]
-        out.append(float((p.exp() * (p - q)).sum(-1).mean()))
-    return np.asarray(out)
+    """Mean over answer positions of KL(before ‖ after) of the next-token distributions, nats."""
+    trace_list = as_traces(traces)
+    check_traces(model, trace_list, what="answer_kl")
+    out = np.empty(len(trace_list))
+    for indices, chunk in batches(trace_list, batch_size, desc="answer KL", progress=progress):
+        rows = _answer_rows(chunk)
+        before = _logits_one_batch(model, chunk, None, rows).log_softmax(-1)
+        after = _logits_one_batch(model, chunk, intervention, rows).log_softmax(-1)
+        for i, (index, span) in enumerate(zip(indices, rows)):
+            p, q = before[i, : len(span)], after[i, : len(span)]
+            out[index] = float((p.exp() * (p - q)).sum(-1).mean())
+    return out

@@ -62,6 +62,11 @@ class PatchPair:
     def __len__(self) -> int:
         return int(self.clean_tokens.shape[1])
 
+    def __repr__(self) -> str:
+        spans = ", ".join(f"{n}[{s.start}:{s.stop}]" for n, s in self.segments.items())
+        padding = int((self.clean_mask == 0).sum() + (self.corrupted_mask == 0).sum())
+        return f"PatchPair({len(self)} positions, {padding} padded: {spans})"
+
     @property
     def padded(self) -> bool:
         """Whether either side has padding (then runs need the attention masks)."""

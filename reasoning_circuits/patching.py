@@ -57,9 +57,16 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from reasoning_circuits._hooks import act_name, hook_layer
+from reasoning_circuits._inputs import check_model, check_traces
 from reasoning_circuits._resume import ResumableRun
 from reasoning_circuits._store import load_npz, save_npz
-from reasoning_circuits.errors import PairAlignmentError
+from reasoning_circuits.errors import (
+    ContextLengthError,
+    FileFormatError,
+    PairAlignmentError,
+    TraceFormatError,
+)
 from reasoning_circuits.metrics import normalized_logit_diff
 from reasoning_circuits.pairs import PatchPair, PositionSpec, align_pair
 from reasoning_circuits.trace import Trace
@@ -72,10 +79,12 @@ __all__ = [
     "patch_residual",
 ]
 
-PatchMetric = Callable[[Float[Tensor, "batch pos vocab"]], Float[Tensor, " batch"]]
+LogitMetric = Callable[[Float[Tensor, "batch pos vocab"]], Float[Tensor, " batch"]]
+"""A sweep's metric: logits ``[batch, pos, vocab]`` → one value per row ``[batch]`` (trace
+metrics, which run the model themselves, are :data:`reasoning_circuits.metrics.TraceMetric`)."""
 
 
-def logit_diff_metric(token_a: int, token_b: int, *, position: int = -1) -> PatchMetric:
+def logit_diff_metric(token_a: int, token_b: int, *, position: int = -1) -> LogitMetric:
     """``logits[:, position, a] - logits[:, position, b]`` per row."""
 
     def metric(logits: Tensor) -> Tensor:
@@ -105,6 +114,15 @@ class PatchSweep:
     metric: str = "metric"
     notes: dict[str, Any] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        shape = " × ".join(f"{len(self.labels[a])} {a}s" for a in self.axes)
+        finite = self.values[np.isfinite(self.values)]
+        span = f"{finite.min():+.3g}..{finite.max():+.3g}" if finite.size else "all NaN"
+        return (
+            f"PatchSweep({shape}, {self.metric}: clean {self.clean:+.3g}, corrupted "
+            f"{self.corrupted:+.3g}, patched {span})"
+        )
+
     def normalized(self, *, min_gap: float = 1e-3) -> np.ndarray:
         """``(values - corrupted) / (clean - corrupted)``: 0 no effect, 1 full recovery."""
         return normalized_logit_diff(self.values, self.clean, self.corrupted, min_gap=min_gap)
@@ -119,22 +137,24 @@ class PatchSweep:
     def save(self, path: str | Path) -> Path:
         """Write ``.npz``: ``values`` plus a JSON header with the labels and baselines."""
         header = {
-            "kind": "PatchSweep",
             "axes": list(self.axes),
-            "labels": {a: [_plain(x) for x in self.labels[a]] for a in self.axes},
+            "labels": {a: list(self.labels[a]) for a in self.axes},
             "clean": self.clean,
             "corrupted": self.corrupted,
             "metric": self.metric,
             "notes": self.notes,
         }
-        return save_npz(path, header, {"values": self.values})
+        return save_npz(path, "PatchSweep", header, {"values": self.values})
 
     @classmethod
     def load(cls, path: str | Path) -> PatchSweep:
         """Read a sweep written by :meth:`save`."""
-        header, arrays = load_npz(path)
-        if header.get("kind") != "PatchSweep":
-            raise ValueError(f"{path} holds a {header.get('kind')!r}, not a PatchSweep")
+        header, arrays = load_npz(path, "PatchSweep")
+        shape = tuple(len(header["labels"][a]) for a in header["axes"])
+        if arrays["values"].shape != shape:
+            raise FileFormatError(
+                f"{path}: values have shape {arrays['values'].shape} but the labels say {shape}"
+            )
         return cls(
             arrays["values"],
             tuple(header["axes"]),
@@ -182,9 +202,28 @@ class PatchSweep:
 PairInput = Trace | Tensor | PatchPair
 
 
-def _plain(x: Any) -> Any:
-    """A JSON-ready label (numpy scalars become Python numbers)."""
-    return x.item() if isinstance(x, np.generic) else x
+def _checked_pair(model: Any, clean: PairInput, corrupted: Trace | Tensor | None) -> PatchPair:
+    """:func:`_as_pair`, after checking Trace inputs against the model, and checking that the
+    aligned pair fits the model's context."""
+    check_model(model)
+    given = [x for x in (clean, corrupted) if isinstance(x, Trace)]
+    if given:
+        check_traces(model, given, what="patching")
+    pair = _as_pair(clean, corrupted)
+    n_ctx = int(getattr(model.cfg, "n_ctx", 0) or 0)
+    if n_ctx and len(pair) > n_ctx:
+        raise ContextLengthError(
+            f"the aligned clean/corrupted pair has {len(pair)} positions (with alignment "
+            f"padding) but the model's context is {n_ctx}; shorten both traces with "
+            "rc.fit_to_context before pairing them"
+        )
+    d_vocab = int(getattr(model.cfg, "d_vocab", 0) or 0)
+    for side, tokens in (("clean", pair.clean_tokens), ("corrupted", pair.corrupted_tokens)):
+        if d_vocab and (int(tokens.min()) < 0 or int(tokens.max()) >= d_vocab):
+            raise TraceFormatError(
+                f"the {side} tokens hold ids outside the model's vocabulary [0, {d_vocab})"
+            )
+    return pair
 
 
 def _as_pair(clean: PairInput, corrupted: Trace | Tensor | None) -> PatchPair:
@@ -239,7 +278,7 @@ def _mask(pair: PatchPair, side: str, batch: int = 1) -> Tensor | None:
 def _baseline_runs(
     model: Any,
     pair: PatchPair,
-    metric: PatchMetric,
+    metric: LogitMetric,
     hook_name: Callable[[int], str],
     layers: list[int],
     *,
@@ -290,7 +329,7 @@ Writer = Callable[[Tensor, int, _Patch, int], None]
 def _sweep(
     model: Any,
     runs: _Runs,
-    metric: PatchMetric,
+    metric: LogitMetric,
     patches: list[_Patch],
     hook_name: Callable[[int], str],
     write: Writer,
@@ -382,7 +421,7 @@ def patch_heads(
     model: Any,
     clean: PairInput,
     corrupted: Trace | Tensor | None,
-    metric: PatchMetric,
+    metric: LogitMetric,
     *,
     positions: Sequence[PositionSpec] | PositionSpec | None = None,
     batch_size: int = 16,
@@ -401,7 +440,7 @@ def patch_heads(
     runs a full forward per batch. ``progress``: a progress bar (default: when the sweep
     takes more than 10 passes).
     """
-    pair = _as_pair(clean, corrupted)
+    pair = _checked_pair(model, clean, corrupted)
     n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
     layers = list(range(n_layers))
     runs = _baseline_runs(model, pair, metric, _hook_z, layers)
@@ -432,11 +471,11 @@ def patch_heads(
 
 
 def _hook_z(layer: int) -> str:
-    return f"blocks.{layer}.attn.hook_z"
+    return act_name("z", layer)
 
 
 def _hook_resid_pre(layer: int) -> str:
-    return f"blocks.{layer}.hook_resid_pre"
+    return act_name("resid_pre", layer)
 
 
 def _position_labels(model: Any, pair: PatchPair, positions: list[int]) -> list[str]:
@@ -455,7 +494,7 @@ def patch_residual(
     model: Any,
     clean: PairInput,
     corrupted: Trace | Tensor | None,
-    metric: PatchMetric,
+    metric: LogitMetric,
     *,
     positions: Sequence[PositionSpec] | PositionSpec | None = None,
     position_labels: Sequence[str] | None = None,
@@ -473,7 +512,7 @@ def patch_residual(
     where clean and corrupted agree gets the corrupted value exactly (the patch changes
     nothing). ``resume`` as in :func:`patch_heads`.
     """
-    pair = _as_pair(clean, corrupted)
+    pair = _checked_pair(model, clean, corrupted)
     n_layers = int(model.cfg.n_layers)
     chosen_layers = list(layers) if layers is not None else list(range(n_layers))
     if any(not 0 <= layer < n_layers for layer in chosen_layers):
@@ -516,14 +555,14 @@ def patch_residual(
 
 
 def attribution_patch_heads(
-    model: Any, clean: PairInput, corrupted: Trace | Tensor | None, metric: PatchMetric
+    model: Any, clean: PairInput, corrupted: Trace | Tensor | None, metric: LogitMetric
 ) -> PatchSweep:
     """First-order estimate of :func:`patch_heads` (all positions) from one backward pass.
 
     ``values[layer, head] ≈ corrupted + Σ_{pos, d} (z_clean - z_corr) · ∂metric/∂z_corr``,
     summed over the positions that are real on both sides. Inputs as in :func:`patch_heads`.
     """
-    pair = _as_pair(clean, corrupted)
+    pair = _checked_pair(model, clean, corrupted)
     n_layers = int(model.cfg.n_layers)
     layers = list(range(n_layers))
     # the corrupted run is the differentiated one below
@@ -532,7 +571,7 @@ def attribution_patch_heads(
 
     def keep(z: Tensor, *, hook: Any) -> Tensor:
         z.retain_grad()
-        corr_acts[int(hook.name.split(".")[1])] = z
+        corr_acts[hook_layer(hook)] = z
         return z
 
     mask = _mask(pair, "corrupted")

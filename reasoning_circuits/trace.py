@@ -47,7 +47,10 @@ from __future__ import annotations
 
 import bisect
 import builtins
+import contextlib
+import hashlib
 import itertools
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -58,10 +61,18 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from reasoning_circuits._options import check_option
 from reasoning_circuits.errors import TraceFormatError
 from reasoning_circuits.sentences import split_sentences
 
-__all__ = ["SEGMENT_NAMES", "Segment", "Trace", "pad_traces"]
+__all__ = [
+    "SEGMENT_NAMES",
+    "Segment",
+    "TokenizerFingerprint",
+    "Trace",
+    "pad_traces",
+    "tokenizer_fingerprint",
+]
 
 SEGMENT_NAMES: tuple[str, ...] = (
     "bos",
@@ -120,6 +131,71 @@ class Segment:
     def char_slice(self) -> builtins.slice:
         """The character span as a ``slice`` into :attr:`Trace.text`."""
         return slice(self.char_start, self.char_stop)
+
+
+@dataclass(frozen=True)
+class TokenizerFingerprint:
+    """Which tokenizer made a trace: its name, vocabulary size and a hash of the vocabulary.
+
+    Two fingerprints match when size and hash agree (the name is only for messages: a local
+    copy of a hub tokenizer has another name but the same vocabulary).
+    """
+
+    name: str
+    vocab_size: int
+    digest: str
+
+    def matches(self, other: TokenizerFingerprint) -> bool:
+        """Same vocabulary (size and hash); names may differ."""
+        return (self.vocab_size, self.digest) == (other.vocab_size, other.digest)
+
+    def __str__(self) -> str:
+        return f"{self.name!r} ({self.vocab_size} tokens, vocabulary hash {self.digest[:12]})"
+
+
+_FINGERPRINTS: weakref.WeakKeyDictionary[Any, tuple[int, TokenizerFingerprint]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> TokenizerFingerprint:
+    """The :class:`TokenizerFingerprint` of a Hugging Face tokenizer (cached per object)."""
+    size = len(tokenizer)
+    try:
+        cached = _FINGERPRINTS.get(tokenizer)
+    except TypeError:  # not weak-referenceable: compute every time
+        cached = None
+    if cached is not None and cached[0] == size:
+        return cached[1]
+    vocab = tokenizer.get_vocab()
+    digest = hashlib.sha256()
+    for token, index in sorted(vocab.items(), key=lambda item: item[1]):
+        digest.update(f"{index}\t{token}\n".encode())
+    name = str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
+    result = TokenizerFingerprint(name, len(vocab), digest.hexdigest())
+    with contextlib.suppress(TypeError):  # not weak-referenceable: no cache
+        _FINGERPRINTS[tokenizer] = (size, result)
+    return result
+
+
+def _check_delimiters(think_open: str, think_close: str) -> None:
+    for name, value in (("think_open", think_open), ("think_close", think_close)):
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(
+                f"{name}={value!r} is empty; pass the delimiter the model writes, e.g. "
+                f"{name}={'<think>' if name == 'think_open' else '</think>'!r}"
+            )
+    if think_open == think_close:
+        raise ValueError(f"think_open and think_close are both {think_open!r}; they must differ")
+
+
+def _need_fast(tokenizer: Any, constructor: str) -> None:
+    if not getattr(tokenizer, "is_fast", False):
+        raise TypeError(
+            f"Trace.{constructor} needs a fast (Rust) tokenizer for character offsets, got "
+            f"{type(tokenizer).__name__}; load it with AutoTokenizer.from_pretrained(..., "
+            "use_fast=True) or build the trace with Trace.from_ids"
+        )
 
 
 def _bos_eos_ids(tokenizer: Any) -> tuple[int | None, int | None]:
@@ -246,6 +322,7 @@ class Trace:
     sentences: tuple[Segment, ...]
     convention: Convention = "exact"
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    tokenizer: TokenizerFingerprint | None = None
 
     # ----------------------------------------------------------------- constructors
     @classmethod
@@ -268,10 +345,12 @@ class Trace:
         tokenizer has one and the text does not already start with it (so the model sees the
         attention sink it was trained with); ``True``/``False`` force it.
         """
-        if not getattr(tokenizer, "is_fast", False):
+        _check_delimiters(think_open, think_close)
+        check_option(convention, Convention, "convention")
+        _need_fast(tokenizer, "from_text")
+        if not isinstance(text, str):
             raise TypeError(
-                "Trace.from_text needs a fast (Rust) tokenizer for character offsets; load it with "
-                "AutoTokenizer.from_pretrained(..., use_fast=True) or use Trace.from_ids"
+                f"text must be a str, got {type(text).__name__}; for token ids use Trace.from_ids"
             )
         if not text:
             raise TraceFormatError(
@@ -316,6 +395,8 @@ class Trace:
         The text is ``tokenizer.decode(ids)`` with special tokens kept. If ``text`` is given it
         must equal that decoding; a mismatch raises :class:`TraceFormatError`.
         """
+        _check_delimiters(think_open, think_close)
+        check_option(convention, Convention, "convention")
         if isinstance(ids, Tensor):
             if ids.ndim == 2 and ids.shape[0] == 1:
                 ids = ids[0]
@@ -325,6 +406,13 @@ class Trace:
         ids = [int(i) for i in ids]
         if not ids:
             raise TraceFormatError("ids is empty; a trace needs at least '<think>' and '</think>'")
+        n_vocab = len(tokenizer)
+        bad = [i for i in ids if i < 0 or i >= n_vocab]
+        if bad:
+            raise TraceFormatError(
+                f"ids {sorted(set(bad))[:5]} lie outside the tokenizer's vocabulary [0, "
+                f"{n_vocab}); pass the ids with the tokenizer that produced them"
+            )
         decoded, offsets = _offsets_from_ids(ids, tokenizer)
         if text is not None and text != decoded:
             first = next(
@@ -369,6 +457,11 @@ class Trace:
         for, so a prompt that quotes ``<think>`` is fine. ``prepend_bos`` is as in
         :meth:`from_text`; ``append_eos`` adds the tokenizer's EOS token.
         """
+        _check_delimiters(think_open, think_close)
+        _need_fast(tokenizer, "from_parts")
+        for name, part in (("prompt", prompt), ("reasoning", reasoning), ("answer", answer)):
+            if not isinstance(part, str):
+                raise TypeError(f"{name} must be a str, got {type(part).__name__}")
         bos_id, _ = _bos_eos_ids(tokenizer)
         if prepend_bos is None:
             prepend_bos = bos_id is not None
@@ -504,6 +597,7 @@ class Trace:
             sentences=tuple(sentences),
             convention=convention,
             metadata=MappingProxyType(dict(metadata or {})),
+            tokenizer=tokenizer_fingerprint(tokenizer),
         )
 
     # ----------------------------------------------------------------- access
@@ -557,17 +651,16 @@ class Trace:
         ``by="segments"``: the seven segments. ``by="sentences"``: the same with ``reasoning``
         replaced by its sentences ``sentence_0 ...``. Parts are in order and cover every token.
         """
+        check_option(by, Partition, "by")
         labels = np.zeros(len(self), dtype=np.int64)
         if by == "segments":
             parts = list(self.segments.values())
-        elif by == "sentences":
+        else:
             parts = [
                 *[self.segments[n] for n in SEGMENT_NAMES[:3]],
                 *self.sentences,
                 *[self.segments[n] for n in SEGMENT_NAMES[4:]],
             ]
-        else:
-            raise ValueError(f"by must be 'segments' or 'sentences', got {by!r}")
         for index, seg in enumerate(parts):
             labels[seg.slice] = index
         return [p.name for p in parts], labels
@@ -587,6 +680,13 @@ class Trace:
             "sentences": [seg(s) for s in self.sentences],
             "convention": self.convention,
             "metadata": dict(self.metadata),
+            "tokenizer": None
+            if self.tokenizer is None
+            else {
+                "name": self.tokenizer.name,
+                "vocab_size": self.tokenizer.vocab_size,
+                "digest": self.tokenizer.digest,
+            },
         }
 
     @classmethod
@@ -603,6 +703,13 @@ class Trace:
             sentences=tuple(Segment(*s) for s in data["sentences"]),
             convention=data.get("convention", "exact"),
             metadata=MappingProxyType(dict(data.get("metadata", {}))),
+            tokenizer=None
+            if data.get("tokenizer") is None
+            else TokenizerFingerprint(
+                str(data["tokenizer"]["name"]),
+                int(data["tokenizer"]["vocab_size"]),
+                str(data["tokenizer"]["digest"]),
+            ),
         )
 
 

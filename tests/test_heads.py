@@ -88,7 +88,7 @@ def test_stability_and_contrast():
     assert stability.share.sum() == pytest.approx(1.0)
     without = values.copy()
     without[:, 2, 1] -= 0.6
-    contrast = rc.contrast_heads(values, without, n_resamples=300)
+    contrast = rc.contrast_heads(values, without, paired=True, n_resamples=300)
     first = contrast.iloc[0]
     assert (first.layer, first["head"]) == (2, 1)
     assert first["diff"] == pytest.approx(0.6) and first.ci_low == pytest.approx(0.6)

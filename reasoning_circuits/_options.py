@@ -1,0 +1,21 @@
+"""Option strings checked against their ``Literal`` type, with a did-you-mean hint."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, get_args
+
+__all__ = ["check_option"]
+
+
+def check_option(value: Any, options: Any, name: str) -> None:
+    """Raise ``ValueError`` unless ``value`` is one of the strings of the ``Literal`` ``options``
+    (or of a plain tuple of strings)."""
+    allowed = get_args(options) or tuple(options)
+    if value in allowed:
+        return
+    close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ValueError(
+        f"{name} must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}{hint}"
+    )
