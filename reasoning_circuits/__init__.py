@@ -14,20 +14,25 @@ Data flows one way::
 """
 
 from reasoning_circuits import (
+    effects,
     generation,
     metrics,
     organism,
     pairs,
     patching,
     plotting,
+    stats,
     testing,
 )
 from reasoning_circuits.attention import AttentionProfile, ProfileSet, segment_statistics
+from reasoning_circuits.effects import Effect, measure_effect
 from reasoning_circuits.errors import (
     ContextLengthError,
+    FileFormatError,
     ModelLoadError,
     PairAlignmentError,
     ProfileMismatchError,
+    TokenizerMismatchError,
     TraceFormatError,
 )
 from reasoning_circuits.heads import (
@@ -47,7 +52,7 @@ from reasoning_circuits.interventions import (
 from reasoning_circuits.models import load_model
 from reasoning_circuits.pairs import PatchPair, align_pair, probe_pair
 from reasoning_circuits.sentences import split_sentences
-from reasoning_circuits.trace import SEGMENT_NAMES, Segment, Trace
+from reasoning_circuits.trace import SEGMENT_NAMES, Segment, TokenizerFingerprint, Trace
 
 __version__ = "0.1.0"
 
@@ -55,6 +60,8 @@ __all__ = [
     "SEGMENT_NAMES",
     "AttentionProfile",
     "ContextLengthError",
+    "Effect",
+    "FileFormatError",
     "Head",
     "HeadIntervention",
     "HeadRanking",
@@ -64,15 +71,19 @@ __all__ = [
     "ProfileMismatchError",
     "ProfileSet",
     "Segment",
+    "TokenizerFingerprint",
+    "TokenizerMismatchError",
     "Trace",
     "TraceFormatError",
     "align_pair",
     "capture_head_outputs",
     "contrast_heads",
+    "effects",
     "generation",
     "induction_scores",
     "load_model",
     "mean_head_outputs",
+    "measure_effect",
     "metrics",
     "organism",
     "pairs",
@@ -84,5 +95,6 @@ __all__ = [
     "rank_stability",
     "segment_statistics",
     "split_sentences",
+    "stats",
     "testing",
 ]

@@ -34,6 +34,8 @@ def as_traces(traces: Any, *, name: str = "traces") -> list[Trace]:
     """``[trace]`` for one :class:`Trace`, the list for a sequence; refuse anything else."""
     if isinstance(traces, Trace):
         return [traces]
+    if hasattr(traces, "cfg") and hasattr(traces, "run_with_hooks"):
+        raise TypeError(f"{name} is a model; the model comes first: f(model, traces)")
     if isinstance(traces, str | bytes):
         raise TypeError(
             f"{name} is a string; build traces first: rc.Trace.from_text(text, "
@@ -64,6 +66,12 @@ def check_model(model: Any) -> None:
     if hasattr(model, "cfg") and hasattr(model, "run_with_hooks"):
         return
     kind = type(model).__name__
+    if isinstance(model, Trace) or (
+        isinstance(model, list | tuple) and model and isinstance(model[0], Trace)
+    ):
+        raise TypeError(
+            "got traces where the model belongs; the model comes first: f(model, traces)"
+        )
     if hasattr(model, "config") and hasattr(model, "generate"):
         raise TypeError(
             f"got a Hugging Face {kind}; this library runs TransformerLens bridges. Load the "

@@ -14,8 +14,9 @@ def check_option(value: Any, options: Any, name: str) -> None:
     allowed = get_args(options) or tuple(options)
     if value in allowed:
         return
-    close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    by_lower = {str(a).lower(): a for a in allowed}
+    close = difflib.get_close_matches(str(value).lower(), list(by_lower), n=1, cutoff=0.5)
+    hint = f"; did you mean {by_lower[close[0]]!r}?" if close else ""
     raise ValueError(
         f"{name} must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}{hint}"
     )

@@ -33,8 +33,8 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from reasoning_circuits.errors import PairAlignmentError
-from reasoning_circuits.trace import SEGMENT_NAMES, Segment, Trace
+from reasoning_circuits.errors import PairAlignmentError, TokenizerMismatchError
+from reasoning_circuits.trace import SEGMENT_NAMES, Segment, Trace, tokenizer_fingerprint
 
 __all__ = ["PatchPair", "align_pair", "insert_probe", "probe_pair"]
 
@@ -133,6 +133,15 @@ def align_pair(clean: Trace, corrupted: Trace, *, pad_id: int = 0) -> PatchPair:
     Equal segment lengths give no padding at all. ``pad_id`` is the id written at padded
     positions; it is masked, so its value does not matter.
     """
+    if (
+        clean.tokenizer is not None
+        and corrupted.tokenizer is not None
+        and not clean.tokenizer.matches(corrupted.tokenizer)
+    ):
+        raise TokenizerMismatchError(
+            f"the clean trace was tokenized by {clean.tokenizer} and the corrupted one by "
+            f"{corrupted.tokenizer}; build both with the model's tokenizer"
+        )
     clean_ids: list[int] = []
     corr_ids: list[int] = []
     clean_index: list[int] = []
@@ -184,6 +193,12 @@ def insert_probe(trace: Trace, probe: str, tokenizer: Any) -> Trace:
     probe. Raises :class:`PairAlignmentError` when re-tokenizing merged the probe with the
     ``</think>`` delimiter, which would leave no clean boundary to patch at.
     """
+    given = tokenizer_fingerprint(tokenizer)
+    if trace.tokenizer is not None and not trace.tokenizer.matches(given):
+        raise TokenizerMismatchError(
+            f"the trace was tokenized by {trace.tokenizer} but the probe would be re-tokenized "
+            f"with {given}; pass the tokenizer that made the trace (model.tokenizer)"
+        )
     close = trace["think_close"]
     think_close = trace.text_of("think_close") or "</think>"
     if think_close in probe:
