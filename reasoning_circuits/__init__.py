@@ -15,12 +15,14 @@ Data flows one way::
 
 from reasoning_circuits import (
     effects,
+    fitting,
     generation,
     metrics,
     organism,
     pairs,
     patching,
     plotting,
+    reading,
     stats,
     testing,
 )
@@ -35,6 +37,7 @@ from reasoning_circuits.errors import (
     TokenizerMismatchError,
     TraceFormatError,
 )
+from reasoning_circuits.fitting import FitInfo, fit_to_context, min_fit_length
 from reasoning_circuits.heads import (
     Head,
     HeadRanking,
@@ -51,6 +54,7 @@ from reasoning_circuits.interventions import (
 )
 from reasoning_circuits.models import load_model
 from reasoning_circuits.pairs import PatchPair, align_pair, probe_pair
+from reasoning_circuits.reading import SkippedRow, SkippedRowsWarning, read_traces
 from reasoning_circuits.sentences import split_sentences
 from reasoning_circuits.trace import SEGMENT_NAMES, Segment, TokenizerFingerprint, Trace
 
@@ -62,6 +66,7 @@ __all__ = [
     "ContextLengthError",
     "Effect",
     "FileFormatError",
+    "FitInfo",
     "Head",
     "HeadIntervention",
     "HeadRanking",
@@ -71,6 +76,8 @@ __all__ = [
     "ProfileMismatchError",
     "ProfileSet",
     "Segment",
+    "SkippedRow",
+    "SkippedRowsWarning",
     "TokenizerFingerprint",
     "TokenizerMismatchError",
     "Trace",
@@ -79,12 +86,15 @@ __all__ = [
     "capture_head_outputs",
     "contrast_heads",
     "effects",
+    "fit_to_context",
+    "fitting",
     "generation",
     "induction_scores",
     "load_model",
     "mean_head_outputs",
     "measure_effect",
     "metrics",
+    "min_fit_length",
     "organism",
     "pairs",
     "patching",
@@ -93,6 +103,8 @@ __all__ = [
     "probe_pair",
     "rank_heads",
     "rank_stability",
+    "read_traces",
+    "reading",
     "segment_statistics",
     "split_sentences",
     "stats",

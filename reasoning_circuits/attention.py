@@ -39,7 +39,7 @@ Caveats
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, overload
@@ -52,16 +52,18 @@ from einops import einsum
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from reasoning_circuits._hooks import act_name, hook_layer
+from reasoning_circuits._hooks import Hook, act_name, hook_layer
 from reasoning_circuits._inputs import as_traces, batches, check_traces
 from reasoning_circuits._options import check_option
 from reasoning_circuits._store import load_npz, save_npz
 from reasoning_circuits.errors import FileFormatError, ProfileMismatchError
+from reasoning_circuits.rows import RowSelector, select_rows
 from reasoning_circuits.trace import Partition, Trace, pad_traces
 
 __all__ = ["AttentionProfile", "ProfileSet", "Statistic", "segment_statistics"]
 
 Statistic = Literal["mass", "per_token", "entropy", "gini"]
+QueryRows = RowSelector | Sequence[int] | str
 DEFAULT_STATISTICS: tuple[Statistic, ...] = ("mass", "per_token", "entropy")
 _CHUNK_ELEMENTS = 2**20  # pattern entries per chunk (4 MB of float32: stays in cache)
 _SLICE_PARTS_MAX = 16  # up to this many contiguous parts, key masses are slice sums
@@ -73,6 +75,7 @@ def segment_statistics(
     n_parts: int,
     *,
     statistics: Sequence[Statistic] = DEFAULT_STATISTICS,
+    query_rows: Float[Tensor, "batch pos extra"] | None = None,
 ) -> dict[str, Tensor]:
     """Reduce one layer's attention pattern to per-part statistics.
 
@@ -81,6 +84,9 @@ def segment_statistics(
         labels: part index (0 .. n_parts-1) of every position; ``-1`` marks padding.
         n_parts: number of parts.
         statistics: which statistics to compute (see the module docstring).
+        query_rows: extra query groups, ``1.0`` where a position belongs to group e (rows may
+            belong to several groups and to a part at once); they come after the parts on
+            the query axis of every result.
 
     Returns:
         ``"mass_sum"`` and ``"per_token_sum"``: ``[batch, head, qpart, kpart]`` sums over the
@@ -88,7 +94,8 @@ def segment_statistics(
         at least one key of the part; ``"entropy_sum"``/``"gini_sum"``: ``[batch, head,
         qpart]`` sums over rows with at least two visible keys, counted in ``"row_count"``
         ``[batch, qpart]``; ``"query_count"``: ``[batch, qpart]`` rows per part. Divide a sum
-        by its count to get a mean; sums are kept so batches and traces can be pooled.
+        by its count to get a mean; sums are kept so batches and traces can be pooled. With
+        ``query_rows``, every query axis has ``n_parts + extra`` entries.
     """
     batch, n_heads, n_pos, _ = pattern.shape
     device = pattern.device
@@ -97,10 +104,14 @@ def segment_statistics(
     onehot = F.one_hot(labels.clamp(min=0), n_parts).to(torch.float32) * valid[..., None]
     visible = onehot.cumsum(dim=1)  # [batch, pos, part]: keys of each part at positions <= q
     n_keys = visible.sum(-1)  # [batch, pos]
-    out: dict[str, Tensor] = {"query_count": onehot.sum(1)}
+    # query groups: the parts, then any extra row groups (keys are always the parts)
+    groups = onehot
+    if query_rows is not None:
+        groups = torch.cat([onehot, query_rows.to(device, torch.float32) * valid[..., None]], -1)
+    out: dict[str, Tensor] = {"query_count": groups.sum(1)}
     has_keys = (visible > 0).to(torch.float32)
-    row_ok = onehot * (n_keys >= 2)[..., None]  # rows with a defined normalised entropy
-    out["per_token_rows"] = einsum(onehot, has_keys, "b q s, b q t -> b s t")
+    row_ok = groups * (n_keys >= 2)[..., None]  # rows with a defined normalised entropy
+    out["per_token_rows"] = einsum(groups, has_keys, "b q s, b q t -> b s t")
     out["row_count"] = row_ok.sum(1)
 
     # Per-row results, filled chunk by chunk: one head and a block of rows at a time, and only
@@ -135,11 +146,11 @@ def segment_statistics(
                 weighted = (ordered * rank).sum(-1) - (r1 - n) * total
                 gini[:, h, r0:r1] = 2 * weighted / (n * total) - (n + 1) / n
     if "mass" in statistics:
-        out["mass_sum"] = einsum(onehot, row_mass, "b q s, b h q t -> b h s t")
+        out["mass_sum"] = einsum(groups, row_mass, "b q s, b h q t -> b h s t")
     if "per_token" in statistics:
         inv_visible = torch.where(visible > 0, 1.0 / visible.clamp(min=1), 0.0)
         out["per_token_sum"] = einsum(
-            onehot, row_mass * inv_visible[:, None], "b q s, b h q t -> b h s t"
+            groups, row_mass * inv_visible[:, None], "b q s, b h q t -> b h s t"
         )
     if entropy is not None:
         log_n = torch.log(n_keys.clamp(min=2))
@@ -168,10 +179,12 @@ def _divide(total: np.ndarray, count: np.ndarray) -> np.ndarray:
 class AttentionProfile:
     """Per layer × head attention statistics between the parts of one trace.
 
-    Arrays (``numpy``): ``masses`` and ``per_token_masses`` ``[layer, head, qpart, kpart]``;
-    ``entropies`` and ``ginis`` ``[layer, head, qpart]`` (``None`` when not computed);
-    ``token_counts`` ``[part]``. ``layers``/``heads`` give the model indices of the first two
-    axes. Values for a query part with no tokens are NaN.
+    Arrays (``numpy``): ``masses`` and ``per_token_masses`` ``[layer, head, query, key]``;
+    ``entropies`` and ``ginis`` ``[layer, head, query]`` (``None`` when not computed);
+    ``token_counts`` ``[query]``, the rows of each query. The key axis is ``parts``; the
+    query axis is ``parts`` followed by ``queries``, the chosen row groups (see
+    :mod:`reasoning_circuits.rows`). ``layers``/``heads`` give the model indices of the first
+    two axes. Values for a query with no rows are NaN.
     """
 
     parts: tuple[str, ...]
@@ -183,6 +196,12 @@ class AttentionProfile:
     ginis: np.ndarray | None
     token_counts: np.ndarray
     metadata: dict[str, Any] = field(default_factory=dict)
+    queries: tuple[str, ...] = ()
+
+    @property
+    def query_names(self) -> tuple[str, ...]:
+        """Names along the query axis: the parts, then the chosen row groups."""
+        return (*self.parts, *self.queries)
 
     # ------------------------------------------------------------------ compute
     @overload
@@ -196,6 +215,7 @@ class AttentionProfile:
         heads: Sequence[int] | None = ...,
         by: Partition = ...,
         statistics: Sequence[Statistic] = ...,
+        queries: Mapping[str, QueryRows] | None = ...,
         batch_size: int = ...,
         progress: bool | None = ...,
     ) -> AttentionProfile: ...
@@ -211,6 +231,7 @@ class AttentionProfile:
         heads: Sequence[int] | None = ...,
         by: Partition = ...,
         statistics: Sequence[Statistic] = ...,
+        queries: Mapping[str, QueryRows] | None = ...,
         batch_size: int = ...,
         progress: bool | None = ...,
     ) -> ProfileSet: ...
@@ -225,6 +246,7 @@ class AttentionProfile:
         heads: Sequence[int] | None = None,
         by: Partition = "segments",
         statistics: Sequence[Statistic] = DEFAULT_STATISTICS,
+        queries: Mapping[str, QueryRows] | None = None,
         batch_size: int = 1,
         progress: bool | None = None,
     ) -> AttentionProfile | ProfileSet:
@@ -238,6 +260,11 @@ class AttentionProfile:
             by: ``"segments"`` (bos, prompt, ..., eos) or ``"sentences"`` (reasoning split
                 into its sentences).
             statistics: any of ``"mass"``, ``"per_token"``, ``"entropy"``, ``"gini"``.
+            queries: extra query rows by name, e.g. ``{"emit": rc.rows.predicting()}`` (the
+                rows that predict the answer's value); a value is a row selector (see
+                :mod:`reasoning_circuits.rows`), a list of positions, or a target name of
+                :func:`~reasoning_circuits.rows.predicting`. Read them as queries:
+                ``profile.mass("emit", "reasoning")``.
             batch_size: traces per forward pass (sorted by length to limit padding).
             progress: show a progress bar (default: when there is more than one batch).
         """
@@ -247,6 +274,13 @@ class AttentionProfile:
         for statistic in statistics:
             check_option(statistic, Statistic, "statistics")
         check_traces(model, trace_list, what="AttentionProfile.compute")
+        chosen_rows = dict(queries or {})
+        clash = sorted(set(chosen_rows) & {n for t in trace_list[:1] for n in t.partition(by)[0]})
+        if clash or any(n.startswith("sentence_") for n in chosen_rows):
+            raise ValueError(
+                f"query names {clash or sorted(chosen_rows)} clash with part names; name chosen "
+                "rows differently, e.g. queries={'emit': ...}"
+            )
         n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
         layer_idx = _check_indices(layers, n_layers, "layers")
         head_idx = _check_indices(heads, n_heads, "heads")
@@ -254,7 +288,9 @@ class AttentionProfile:
         for indices, chunk in batches(
             trace_list, batch_size, desc="attention profiles", progress=progress
         ):
-            profiles = _profile_batch(model, chunk, layer_idx, head_idx, by, tuple(statistics))
+            profiles = _profile_batch(
+                model, chunk, layer_idx, head_idx, by, tuple(statistics), chosen_rows
+            )
             for i, profile in zip(indices, profiles):
                 results[i] = profile
         done = [r for r in results if r is not None]
@@ -278,15 +314,22 @@ class AttentionProfile:
         )
         return (
             f"AttentionProfile({ident}{len(self.layers)} layers × {len(self.heads)} heads, "
-            f"{int(self.token_counts.sum())} tokens, parts {parts}, statistics {stats})"
+            f"{int(self.token_counts[: len(self.parts)].sum())} tokens, parts {parts}"
+            + (f", queries {list(self.queries)}" if self.queries else "")
+            + f", statistics {stats})"
         )
 
     # ------------------------------------------------------------------ access
-    def _index(self, name: str) -> int:
+    def _index(self, name: str, *, query: bool = False) -> int:
+        names = self.query_names if query else self.parts
         try:
-            return self.parts.index(name)
+            return names.index(name)
         except ValueError:
-            raise KeyError(f"no part {name!r}; parts are {list(self.parts)}") from None
+            extra = f" and queries {list(self.queries)}" if query and self.queries else ""
+            raise KeyError(
+                f"no {'query' if query else 'key part'} {name!r}; parts are "
+                f"{list(self.parts)}{extra}"
+            ) from None
 
     def _need(self, array: np.ndarray | None, statistic: str) -> np.ndarray:
         if array is None:
@@ -297,20 +340,22 @@ class AttentionProfile:
 
     def mass(self, query: str, key: str) -> Float[np.ndarray, "layer head"]:
         """``mean_{q∈query} Σ_{k∈key} A[q, k]`` per layer × head."""
-        return self._need(self.masses, "mass")[:, :, self._index(query), self._index(key)]
+        return self._need(self.masses, "mass")[
+            :, :, self._index(query, query=True), self._index(key)
+        ]
 
     def per_token_mass(self, query: str, key: str) -> Float[np.ndarray, "layer head"]:
         """The mass per visible key of ``key``, averaged over ``query`` rows."""
         array = self._need(self.per_token_masses, "per_token")
-        return array[:, :, self._index(query), self._index(key)]
+        return array[:, :, self._index(query, query=True), self._index(key)]
 
     def entropy(self, query: str) -> Float[np.ndarray, "layer head"]:
         """Mean normalised row entropy of the ``query`` rows (0 focused .. 1 uniform)."""
-        return self._need(self.entropies, "entropy")[:, :, self._index(query)]
+        return self._need(self.entropies, "entropy")[:, :, self._index(query, query=True)]
 
     def gini(self, query: str) -> Float[np.ndarray, "layer head"]:
         """Mean Gini coefficient of the ``query`` rows over their causal support."""
-        return self._need(self.ginis, "gini")[:, :, self._index(query)]
+        return self._need(self.ginis, "gini")[:, :, self._index(query, query=True)]
 
     def split(self, query: str = "answer") -> dict[str, Float[np.ndarray, "layer head"]]:
         """Masses from ``query`` to every part; the values sum to 1 per layer × head."""
@@ -319,10 +364,11 @@ class AttentionProfile:
     def to_frame(self) -> pd.DataFrame:
         """Long format: one row per (layer, head, query, key) with all computed statistics."""
         n_l, n_h, n_p = len(self.layers), len(self.heads), len(self.parts)
+        n_q = len(self.query_names)
         grid = np.meshgrid(
             np.asarray(self.layers),
             np.asarray(self.heads),
-            np.arange(n_p),
+            np.arange(n_q),
             np.arange(n_p),
             indexing="ij",
         )
@@ -330,11 +376,11 @@ class AttentionProfile:
             {
                 "layer": grid[0].ravel(),
                 "head": grid[1].ravel(),
-                "query": np.asarray(self.parts, dtype=object)[grid[2].ravel()],
+                "query": np.asarray(self.query_names, dtype=object)[grid[2].ravel()],
                 "key": np.asarray(self.parts, dtype=object)[grid[3].ravel()],
             }
         )
-        shape = (n_l, n_h, n_p, n_p)
+        shape = (n_l, n_h, n_q, n_p)
         for column, array in (("mass", self.masses), ("per_token_mass", self.per_token_masses)):
             if array is not None:
                 frame[column] = array.ravel()
@@ -357,6 +403,7 @@ class AttentionProfile:
     def _header(self) -> dict[str, Any]:
         return {
             "parts": list(self.parts),
+            "queries": list(self.queries),
             "layers": list(self.layers),
             "heads": list(self.heads),
             "metadata": self.metadata,
@@ -375,12 +422,13 @@ class AttentionProfile:
     @classmethod
     def _from(cls, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> AttentionProfile:
         n_l, n_h, n_p = len(header["layers"]), len(header["heads"]), len(header["parts"])
+        n_q = n_p + len(header.get("queries", []))
         expected = {
-            "masses": (n_l, n_h, n_p, n_p),
-            "per_token_masses": (n_l, n_h, n_p, n_p),
-            "entropies": (n_l, n_h, n_p),
-            "ginis": (n_l, n_h, n_p),
-            "token_counts": (n_p,),
+            "masses": (n_l, n_h, n_q, n_p),
+            "per_token_masses": (n_l, n_h, n_q, n_p),
+            "entropies": (n_l, n_h, n_q),
+            "ginis": (n_l, n_h, n_q),
+            "token_counts": (n_q,),
         }
         for name, array in arrays.items():
             if name in expected and array.shape != expected[name]:
@@ -398,6 +446,7 @@ class AttentionProfile:
             ginis=arrays.get("ginis"),
             token_counts=arrays["token_counts"],
             metadata=header.get("metadata", {}),
+            queries=tuple(header.get("queries", [])),
         )
 
 
@@ -419,6 +468,7 @@ def _profile_batch(
     heads: tuple[int, ...],
     by: Partition,
     statistics: tuple[Statistic, ...],
+    queries: dict[str, QueryRows],
 ) -> list[AttentionProfile]:
     partitions = [trace.partition(by) for trace in traces]
     n_parts = max(len(names) for names, _ in partitions)
@@ -427,15 +477,33 @@ def _profile_batch(
     labels = torch.full(tokens.shape, -1, dtype=torch.long)
     for row, (trace, (_, lab)) in enumerate(zip(traces, partitions)):
         labels[row, : len(trace)] = torch.from_numpy(lab)
+    query_rows = None
+    if queries:
+        query_rows = torch.zeros(*tokens.shape, len(queries))
+        for row, trace in enumerate(traces):
+            for e, selector in enumerate(queries.values()):
+                query_rows[row, select_rows(trace, selector), e] = 1.0
     head_index = torch.tensor(heads)
     per_layer: dict[int, dict[str, Tensor]] = {}
 
-    def reduce_hook(pattern: Tensor, hook: Any) -> None:
-        layer = hook_layer(hook)
+    def reduce(pattern: Tensor, layer: int) -> None:
         selected = pattern if len(heads) == pattern.shape[1] else pattern[:, head_index]
-        per_layer[layer] = segment_statistics(selected, labels, n_parts, statistics=statistics)
+        per_layer[layer] = segment_statistics(
+            selected, labels, n_parts, statistics=statistics, query_rows=query_rows
+        )
 
-    fwd_hooks = [(act_name("pattern", layer), reduce_hook) for layer in layers]
+    def scores_hook(scores: Tensor, hook: Any) -> None:
+        # A low-precision model's pattern rows sum to 1 only within ~1e-3 (bf16): take the
+        # softmax of its (already causally masked) scores in float32 instead.
+        if scores.dtype not in (torch.float32, torch.float64):
+            reduce(scores.float().softmax(-1), hook_layer(hook))
+
+    def pattern_hook(pattern: Tensor, hook: Any) -> None:
+        if hook_layer(hook) not in per_layer:
+            reduce(pattern, hook_layer(hook))
+
+    fwd_hooks: list[Hook] = [(act_name("attn_scores", layer), scores_hook) for layer in layers]
+    fwd_hooks += [(act_name("pattern", layer), pattern_hook) for layer in layers]
     run_to = max(layers) + 1
     model.run_with_hooks(
         tokens.to(model.cfg.device),
@@ -459,27 +527,30 @@ def _profile_batch(
     mass_sum, pt_sum = stacked("mass_sum"), stacked("per_token_sum")
     ent_sum, gini_sum = stacked("entropy_sum"), stacked("gini_sum")
     stats0 = per_layer[layers[0]]
-    query_count = stats0["query_count"].cpu().numpy()  # [batch, part]
+    query_count = stats0["query_count"].cpu().numpy()  # [batch, qgroup]
     row_count = stats0["row_count"].cpu().numpy()
-    pt_rows = stats0["per_token_rows"].cpu().numpy()  # [batch, qpart, kpart]
+    pt_rows = stats0["per_token_rows"].cpu().numpy()  # [batch, qgroup, kpart]
+    n_extra = len(queries)
     profiles = []
     for row, (trace, (names, _)) in enumerate(zip(traces, partitions)):
         s = len(names)
-        qc = query_count[row, :s][None, None, :, None]
-        rc = row_count[row, :s][None, None, :]
+        q = [*range(s), *range(n_parts, n_parts + n_extra)]  # this trace's query groups
+        qc = query_count[row, q][None, None, :, None]
+        rc = row_count[row, q][None, None, :]
         profiles.append(
             AttentionProfile(
                 parts=tuple(names),
                 layers=layers,
                 heads=heads,
-                masses=None if mass_sum is None else _divide(mass_sum[row, :, :, :s, :s], qc),
+                masses=None if mass_sum is None else _divide(mass_sum[row][:, :, q, :s], qc),
                 per_token_masses=None
                 if pt_sum is None
-                else _divide(pt_sum[row, :, :, :s, :s], pt_rows[row, :s, :s][None, None]),
-                entropies=None if ent_sum is None else _divide(ent_sum[row, :, :, :s], rc),
-                ginis=None if gini_sum is None else _divide(gini_sum[row, :, :, :s], rc),
-                token_counts=query_count[row, :s].astype(np.int64),
+                else _divide(pt_sum[row][:, :, q, :s], pt_rows[row][q, :s][None, None]),
+                entropies=None if ent_sum is None else _divide(ent_sum[row][:, :, q], rc),
+                ginis=None if gini_sum is None else _divide(gini_sum[row][:, :, q], rc),
+                token_counts=query_count[row, q].astype(np.int64),
                 metadata=dict(trace.metadata),
+                queries=tuple(queries),
             )
         )
     return profiles
@@ -540,10 +611,10 @@ class ProfileSet(Sequence[AttentionProfile]):
     def _common(self) -> AttentionProfile:
         first = self.profiles[0]
         for i, p in enumerate(self.profiles[1:], start=1):
-            if (p.parts, p.layers, p.heads) != (first.parts, first.layers, first.heads):
+            if (p.query_names, p.layers, p.heads) != (first.query_names, first.layers, first.heads):
                 raise ProfileMismatchError(
-                    f"profile {i} has parts {list(p.parts)}, layers {list(p.layers)}, heads "
-                    f"{list(p.heads)} but profile 0 has {list(first.parts)}, "
+                    f"profile {i} has parts {list(p.query_names)}, layers {list(p.layers)}, "
+                    f"heads {list(p.heads)} but profile 0 has {list(first.query_names)}, "
                     f"{list(first.layers)}, {list(first.heads)}; stack profiles computed with "
                     "the same layers, heads and by='segments'"
                 )
