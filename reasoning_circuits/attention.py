@@ -52,6 +52,7 @@ from einops import einsum
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from reasoning_circuits import stats
 from reasoning_circuits._hooks import Hook, act_name, hook_layer
 from reasoning_circuits._inputs import as_traces, batches, check_traces
 from reasoning_circuits._options import check_option
@@ -561,7 +562,7 @@ class ProfileSet(Sequence[AttentionProfile]):
     """Profiles of many traces, with per-head statistics across traces.
 
     Indexing and iteration give the :class:`AttentionProfile` of each trace. ``values`` stacks
-    a statistic to ``[trace, layer, head]``; ``mean``, ``std`` and ``bootstrap_ci`` summarise
+    a statistic to ``[trace, layer, head]``; ``mean``, ``std`` and ``ci`` summarise
     it per head. Stacking needs the same parts, layers and heads in every profile (sentence
     partitions differ between traces, so aggregate those per trace first).
     """
@@ -656,28 +657,37 @@ class ProfileSet(Sequence[AttentionProfile]):
         """Sample standard deviation (ddof=1) over traces per layer × head."""
         return np.nanstd(self.values(query, key, statistic=statistic), axis=0, ddof=1)
 
-    def bootstrap_ci(
+    def ci(
         self,
         query: str,
         key: str | None = None,
         *,
         statistic: Statistic = "mass",
         confidence: float = 0.95,
-        n_resamples: int = 2000,
+        simultaneous: bool = False,
+        n_resamples: int = 4999,
         seed: int = 0,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Percentile bootstrap CI of the mean over traces (traces resampled with replacement).
+    ) -> tuple[Float[np.ndarray, "layer head"], Float[np.ndarray, "layer head"]]:
+        """Confidence interval of the mean over traces, per layer × head: ``(low, high)``.
 
-        Returns ``(low, high)``, each ``[layer, head]``.
+        ``simultaneous=False``: each head's own t interval (right for one head chosen in
+        advance). ``simultaneous=True``: intervals that hold for all heads together
+        (max-|t| bootstrap), right for heads picked by looking at the data, e.g. the top of
+        a ranking. Traces with NaN for a head are left out for that head; heads with fewer
+        than 2 values or no spread get NaN. See :func:`reasoning_circuits.stats.family_table`.
         """
-        if not 0 < confidence < 1:
-            raise ValueError(f"confidence must be in (0, 1), got {confidence}")
         values = self.values(query, key, statistic=statistic)
-        rng = np.random.default_rng(seed)
-        draws = rng.integers(0, len(values), size=(n_resamples, len(values)))
-        means = np.nanmean(values[draws], axis=1)
-        alpha = (1 - confidence) / 2
-        return np.quantile(means, alpha, axis=0), np.quantile(means, 1 - alpha, axis=0)
+        table = stats.family_table(
+            values,
+            dims=("layer", "head"),
+            confidence=confidence,
+            n_resamples=n_resamples,
+            seed=seed,
+            nan_policy="omit",
+        )
+        low, high = ("sim_low", "sim_high") if simultaneous else ("ci_low", "ci_high")
+        shape = values.shape[1:]
+        return table[low].to_numpy().reshape(shape), table[high].to_numpy().reshape(shape)
 
     def to_frame(self) -> pd.DataFrame:
         """Long format of every profile with a ``trace`` column (the index in the set)."""

@@ -38,7 +38,8 @@ class Effect:
     """Per-trace metric values ``before`` and ``after`` an intervention, and the mean change.
 
     ``ci`` is the ``confidence`` interval of ``mean_diff`` (the mean of ``after - before``),
-    computed by ``ci_method``; ``p_value`` tests a mean change of zero.
+    computed by ``ci_method``; ``p_value`` is that of ``test``, of "no change" (see
+    :func:`reasoning_circuits.stats.paired_test`).
     """
 
     before: np.ndarray
@@ -48,6 +49,7 @@ class Effect:
     ci_method: str
     p_value: float
     metric: str
+    test: str = "paired t"
 
     @property
     def diff(self) -> np.ndarray:
@@ -81,6 +83,7 @@ class Effect:
             "confidence": self.confidence,
             "ci_method": self.ci_method,
             "metric": self.metric,
+            "test": self.test,
         }
         arrays = {
             "before": self.before,
@@ -103,6 +106,7 @@ class Effect:
             str(header["ci_method"]),
             float(arrays["p_value"]),
             str(header["metric"]),
+            str(header["test"]),
         )
 
     def __str__(self) -> str:
@@ -110,7 +114,7 @@ class Effect:
         return (
             f"{self.metric}: {self.before.mean():.4f} → {self.after.mean():.4f} "
             f"(mean change {self.mean_diff:+.4f}, {self.confidence:.0%} CI [{low:+.4f}, "
-            f"{high:+.4f}] ({self.ci_method}), p = {self.p_value:.3g}, n = {self.n})"
+            f"{high:+.4f}] ({self.ci_method}), {self.test} p = {self.p_value:.3g}, n = {self.n})"
         )
 
 
@@ -154,9 +158,13 @@ def measure_effect(
         seed: seed of the bootstrap, where one is used.
 
     Returns:
-        An :class:`Effect`. A metric whose values are all 0/1 (accuracy) gets an interval
-        for the difference of paired proportions and an exact McNemar p-value; any other
-        gets the paired interval of :func:`reasoning_circuits.stats.mean_ci`.
+        An :class:`Effect`, with the interval and test of
+        :func:`reasoning_circuits.stats.paired_test`: a metric whose values are all 0/1
+        (accuracy) gets Newcombe's interval for the difference of paired proportions and the
+        exact McNemar test; any other gets the hybrid (t ∪ studentized bootstrap) interval of
+        the mean difference and the paired t test. When every trace changes by exactly the
+        same amount (e.g. an intervention that changes nothing) no interval can be estimated:
+        the change is reported as a point with ``p_value`` NaN.
     """
     check_model(model)
     trace_list = as_traces(traces)
@@ -174,13 +182,38 @@ def measure_effect(
                 f"the metric is not finite {name} the intervention for traces {bad}; "
                 "check those traces (an empty answer?) or use a metric that is defined there"
             )
-    interval, p_value, method = stats.paired_change(before, after, confidence=confidence, seed=seed)
+    name = getattr(score, "__name__", "metric")
+    if np.isin(before, (0.0, 1.0)).all() and np.isin(after, (0.0, 1.0)).all():
+        # right/wrong outcomes: Newcombe's paired interval and exact McNemar, which stay
+        # honest when nothing flips (0 of 60 flipped is not a [0, 0] interval)
+        comparison = stats.paired_binary(before, after, confidence=confidence)
+        d = comparison.difference
+        return Effect(
+            before,
+            after,
+            (d.low, d.high),
+            confidence,
+            d.method,
+            comparison.p_value,
+            name,
+            comparison.tests[0].name,
+        )
+    diff = after - before
+    if np.all(diff == diff[0]):
+        # No spread: no interval follows from the data (stats refuses one). Report the
+        # constant change as a point and no p-value rather than invent a width.
+        change = float(diff[0])
+        method = "none: every trace changed equally"
+        return Effect(before, after, (change, change), confidence, method, np.nan, name, "none")
+    comparison = stats.paired_test(before, after, confidence=confidence, seed=seed)
+    d = comparison.difference
     return Effect(
         before,
         after,
-        interval,
+        (d.low, d.high),
         confidence,
-        method,
-        p_value,
-        getattr(score, "__name__", "metric"),
+        d.method,
+        comparison.p_value,
+        name,
+        comparison.tests[0].name,
     )

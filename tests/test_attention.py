@@ -1,6 +1,7 @@
 import math
 
 import numpy as np
+import scipy.stats
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -178,8 +179,13 @@ def test_profile_set_statistics(gpt2):
     assert values.shape == (5, 2, 4)
     np.testing.assert_allclose(profiles.mean("answer", "reasoning"), values.mean(0))
     np.testing.assert_allclose(profiles.std("answer", "reasoning"), values.std(0, ddof=1))
-    low, high = profiles.bootstrap_ci("answer", "reasoning", n_resamples=500)
-    assert (low <= values.mean(0) + 1e-12).all() and (values.mean(0) <= high + 1e-12).all()
+    low, high = profiles.ci("answer", "reasoning")
+    # the marginal interval is Student's t over the 5 traces, computed here by hand
+    half = scipy.stats.t.ppf(0.975, 4) * values.std(0, ddof=1) / np.sqrt(5)
+    np.testing.assert_allclose(low, values.mean(0) - half, rtol=1e-6)
+    np.testing.assert_allclose(high, values.mean(0) + half, rtol=1e-6)
+    sim_low, sim_high = profiles.ci("answer", "reasoning", simultaneous=True, n_resamples=999)
+    assert (sim_low <= low + 1e-12).all() and (high <= sim_high + 1e-12).all()
     assert profiles.values("answer", statistic="entropy").shape == (5, 2, 4)
     assert set(profiles.to_frame()["trace"]) == set(range(5))
 

@@ -86,13 +86,15 @@ def test_stability_and_contrast():
     top = stability.iloc[0]
     assert (top.layer, top["head"], top.share) == (2, 1, 1.0)
     assert stability.share.sum() == pytest.approx(1.0)
-    without = values.copy()
+    without = values + rng.normal(0, 0.02, size=values.shape)
     without[:, 2, 1] -= 0.6
-    contrast = rc.contrast_heads(values, without, paired=True, n_resamples=300)
+    contrast = rc.contrast_heads(values, without, paired=True, n_resamples=999)
     first = contrast.iloc[0]
     assert (first.layer, first["head"]) == (2, 1)
-    assert first["diff"] == pytest.approx(0.6) and first.ci_low == pytest.approx(0.6)
+    assert first.ci_low < 0.6 < first.ci_high and first.p_holm < 1e-6
     assert (contrast.ci_low <= contrast["diff"] + 1e-12).all()
+    assert (contrast.sim_low <= contrast.ci_low + 1e-12).all()
+    assert (contrast.iloc[1:].p_holm > 0.05).all()  # the other 11 heads are null
 
 
 def test_induction_score_of_planted_induction_head(gpt2):

@@ -287,15 +287,19 @@ def test_contrast_heads_pairs_by_problem_id_not_by_position():
     rng = np.random.default_rng(0)
     base = rng.uniform(0.2, 0.4, size=(12, 2))
     ids = [f"p{i}" for i in range(12)]
-    with_r = _profiles_with_ids(ids, base + 0.1)
+    shift = 0.1 + rng.normal(0, 0.01, size=(12, 2))
+    with_r = _profiles_with_ids(ids, base + shift)
     order = rng.permutation(12)
     without = _profiles_with_ids([ids[i] for i in order], base[order])
     same_order = rc.contrast_heads(with_r, _profiles_with_ids(ids, base))
     shuffled = rc.contrast_heads(with_r, without)
-    pd_cols = ["layer", "head", "diff", "ci_low", "ci_high"]
-    assert np.allclose(same_order[pd_cols].to_numpy(), shuffled[pd_cols].to_numpy())
-    # paired by id, every difference is exactly 0.1: the interval is the point
-    assert np.allclose(shuffled[["ci_low", "ci_high"]].to_numpy(), 0.1)
+    cols = ["layer", "head", "diff", "ci_low", "ci_high", "p", "p_holm"]
+    assert np.allclose(same_order[cols].to_numpy(), shuffled[cols].to_numpy())
+    # paired by id, the differences vary by 0.01 around 0.1: a narrow interval around it.
+    # Mispaired, they would vary by the spread of `base` (0.06) and the interval be wide.
+    assert (shuffled.ci_high - shuffled.ci_low < 0.03).all()
+    unpaired = rc.contrast_heads(with_r, without, paired=False)
+    assert (unpaired.ci_high - unpaired.ci_low > 0.05).all()
 
 
 def test_contrast_heads_refuses_sets_of_different_problems():
@@ -306,3 +310,32 @@ def test_contrast_heads_refuses_sets_of_different_problems():
     twice = _profiles_with_ids(["a", "a", "b"], [0.4, 0.4, 0.4])
     with pytest.raises(ValueError, match="repeated problem ids"):
         rc.contrast_heads(twice, twice)
+
+
+# ----------------------------------------------------------------------------- statistics
+def test_an_accuracy_effect_with_nothing_flipped_is_not_a_point(gpt2, tokenizer):
+    traces = [_trace(tokenizer, answer=f" It is {i}.") for i in range(60)]
+
+    def always_right(model, traces, intervention=None):
+        return np.ones(len(traces))
+
+    iv = rc.HeadIntervention([(0, 0)], "zero", positions="answer")
+    effect = rc.measure_effect(gpt2, traces, iv, always_right)
+    low, high = effect.ci
+    assert effect.mean_diff == 0 and low < -0.01 and high > 0.01  # used to be [0, 0]
+    assert effect.test == "exact mcnemar" and effect.p_value == 1.0
+    assert "95% CI" in str(effect)
+
+
+def test_contrast_heads_on_null_data_flags_almost_no_head():
+    # 100 problems × 336 heads with no difference: marginal 95% intervals exclude 0 for ~5%
+    # of heads (18 measured before); adjusted p and simultaneous intervals for ~none
+    rng = np.random.default_rng(7)
+    with_r = rng.normal(0.3, 0.05, size=(100, 28, 12))
+    without = rng.normal(0.3, 0.05, size=(100, 28, 12))
+    table = rc.contrast_heads(with_r, without, paired=True, n_resamples=999)
+    marginal = int(((table.ci_low > 0) | (table.ci_high < 0)).sum())
+    assert 5 <= marginal <= 35
+    assert int((table.p_holm < 0.05).sum()) <= 1
+    assert int((table.p_fdr < 0.05).sum()) <= 2
+    assert int(((table.sim_low > 0) | (table.sim_high < 0)).sum()) <= 1
