@@ -1,8 +1,8 @@
 import math
 
 import numpy as np
-import scipy.stats
 import pytest
+import scipy.stats
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
