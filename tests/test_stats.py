@@ -230,6 +230,18 @@ def test_hedges_g_by_hand():
     assert [test.name for test in result.tests] == ["welch t", "mann-whitney u"]
 
 
+def test_hedges_g_interval_is_finite_across_effect_sizes():
+    # scipy's noncentral t cdf returns NaN far in its tail; the root search must not see it
+    a = np.linspace(-1, 1, 20)
+    b = np.linspace(-1, 1, 25)
+    for shift in np.linspace(-4, 4, 33):
+        g = two_sample(a, b + shift, method="t").effect_size
+        assert g is not None and np.isfinite([g.low, g.high]).all()
+        assert g.low < g.estimate < g.high
+        # sd ≈ 0.6, so t ≈ 5.5 · shift: the grid's 0.25 keeps 0 inside (t ≈ 1.4), 0.5 not
+        assert (g.low < 0 < g.high) == (abs(shift) < 0.45)
+
+
 # ---------------------------------------------------------------------------- coverage
 def coverage(draw, make_interval, truth, reps: int, seed: int) -> float:
     rng = np.random.default_rng(seed)
@@ -336,7 +348,7 @@ def test_paired_binary_interval_exact_coverage_n20():
 
 def test_cluster_bootstrap_covers_where_naive_intervals_fail():
     # 20 traces of 1-29 sentences; trace effects (sd 1) plus skewed sentence noise, mean 0.
-    # measured over 600 samples: cluster "mean" 93.7%, "cluster_mean" 95.3%, naive t 46%
+    # measured over 600 samples: cluster "mean" 97.8%, "cluster_mean" 96.8%, naive t 44%
     def draw(rng):
         sizes = rng.integers(1, 30, 20)
         effects = rng.normal(0, 1, 20)
@@ -577,6 +589,11 @@ def test_nan_policy_omit_drops_and_counts():
     after = np.r_[np.arange(10.0) * 1.1 + 0.5, 2.0, np.nan]
     paired = paired_mean_ci(before, after, nan_policy="omit", method="t")
     assert paired.n == 10 and paired.dropped == 2  # a pair with a NaN on either side goes
+    binary = paired_binary([1, 0, np.nan, 1, 0], [1, 1, 0, np.nan, 0], nan_policy="omit")
+    assert binary.difference.n == 3 and binary.difference.dropped == 2
+    assert binary.tests[0].n == 1  # one discordant pair left
+    with pytest.raises(ValueError, match="nan_policy='omit'"):
+        paired_binary([1, 0, np.nan], [1, 1, 0])
     # per cell: NaN cells use their finite values; an all-NaN cell is excluded
     rng = np.random.default_rng(0)
     data = rng.normal(size=(30, 3))
@@ -649,6 +666,7 @@ def test_family_wise_error_on_null_heads():
 
 @pytest.mark.slow
 def test_two_sample_and_effect_size_coverage():
+    # measured 95.4% (difference) and 95.2% (Hedges' g) over 1000 samples
     rng = np.random.default_rng(12)
     hits = g_hits = 0
     reps = 1000
