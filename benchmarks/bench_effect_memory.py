@@ -12,7 +12,7 @@ included):
     python benchmarks/bench_effect_memory.py [--model gpt2_small|gpt2_wide] [--n-traces 100]
         [--tokens 1024] [--batch-size 4]
 
-``gpt2_wide`` (default) is a 4-layer GPT-2 with the width, vocabulary and context of GPT-2
+``gpt2_wide`` (default) is a 2-layer GPT-2 with the width, vocabulary and context of GPT-2
 small, so the run takes minutes on a CPU; ``gpt2_small`` is the full 12-layer model.
 """
 
@@ -32,7 +32,7 @@ def _model(name: str):
     if name == "gpt2_small":
         return testing.gpt2_small(seed=0)
     return testing.tiny_gpt2(
-        seed=0, n_layers=4, n_heads=12, d_model=768, n_ctx=1024, vocab_size=50257
+        seed=0, n_layers=2, n_heads=12, d_model=768, n_ctx=1024, vocab_size=50257
     )
 
 
@@ -56,7 +56,7 @@ def child(variant: str, model_name: str, n: int, tokens: int, batch_size: int) -
     if variant == "one_batch":
         rc.metrics.answer_logprob(model, traces, batch_size=batch_size, progress=False)
     else:
-        iv = rc.HeadIntervention(["L1H3", "L2H5"], "zero", positions="answer")
+        iv = rc.HeadIntervention(["L0H3", "L1H5"], "zero", positions="answer")
         iv.effect(model, traces, batch_size=batch_size, progress=False)
     seconds = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

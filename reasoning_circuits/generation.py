@@ -25,21 +25,24 @@ import dataclasses
 import re
 from collections.abc import Callable, Sequence
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
+from reasoning_circuits import grading
 from reasoning_circuits._hooks import Intervention
 from reasoning_circuits._inputs import as_traces, check_traces, describe_trace
+from reasoning_circuits._options import check_option
 from reasoning_circuits.errors import ContextLengthError
 from reasoning_circuits.trace import Segment, Trace
 
 __all__ = ["answers_correct", "generate_answers", "same_final_number"]
 
 Grader = Callable[[str, str], bool]
+GradeKind = Literal["math", "gsm8k"]
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
@@ -142,7 +145,7 @@ def answers_correct(
     intervention: Intervention | None = None,
     *,
     gold: Sequence[str] | None = None,
-    grader: Grader = same_final_number,
+    grader: Grader | GradeKind = "math",
     max_new_tokens: int = 32,
     stop: str | None = None,
     progress: bool | None = None,
@@ -151,8 +154,13 @@ def answers_correct(
 
     ``gold`` defaults to ``trace.metadata["gold"]`` when present, else the trace's own
     answer text (then it measures whether the model still writes the answer it wrote).
-    ``grader(generated, gold)`` decides; the default compares final numbers. The signature
-    fits :meth:`HeadIntervention.effect`: ``iv.effect(model, traces, answers_correct)``.
+    ``grader``: ``"math"`` (default) or ``"gsm8k"`` grade with
+    :func:`reasoning_circuits.grading.grade_many` (the last ``\\boxed{}``, ``####`` or last
+    number, compared by value with math-verify), the gold's own answer extracted the same
+    way when it is a whole answer text; or a callable ``grader(generated, gold) -> bool``.
+    The signature fits :func:`reasoning_circuits.measure_effect`:
+    ``iv.effect(model, traces, answers_correct)`` (right/wrong outcomes get the exact
+    McNemar test and a paired-proportion interval).
     """
     trace_list = as_traces(traces)
     if gold is None:
@@ -167,4 +175,11 @@ def answers_correct(
         stop=stop,
         progress=progress,
     )
-    return np.asarray([float(grader(g, want)) for g, want in zip(generated, gold)])
+    if callable(grader):
+        return np.asarray([float(grader(g, want)) for g, want in zip(generated, gold)])
+    check_option(grader, GradeKind, "grader")
+    values = [
+        grading.extract_answer(str(want), grader, think="optional") or str(want) for want in gold
+    ]
+    grades = grading.grade_many(generated, values, kind=grader, think="optional")
+    return np.asarray([float(g.correct) for g in grades])
