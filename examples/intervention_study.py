@@ -100,7 +100,11 @@ def main() -> None:
         .to_string()
     )
     try:
-        sweep.plot(args.out / "residual_patching.png")
+        sweep.plot(
+            args.out / "residual_patching.png",
+            title="clean residual stream patched into the corrupted run "
+            f"(logit {problem.value} − logit {other.value} at the last position)",
+        )
         print(f"heatmap: {args.out / 'residual_patching.png'}\n")
     except ImportError:
         print("(no heatmap: pip install 'reasoning_circuits[plot]')\n")
