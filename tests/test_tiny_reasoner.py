@@ -41,6 +41,39 @@ def plain_accuracy(tokenizer, model, problems, *, add_special_tokens=True):
     return sum(a == p.gold for a, p in zip(answers, problems)) / len(problems)
 
 
+def mismatches(got, want, where="results", *, rel=1e-4, abs_=1e-6) -> list[str]:
+    """Every place where two JSON-like records differ (floats to a tolerance)."""
+    if isinstance(want, dict) and isinstance(got, dict):
+        if got.keys() != want.keys():
+            return [f"{where}: keys {sorted(got)} != {sorted(want)}"]
+        return [m for k in want for m in mismatches(got[k], want[k], f"{where}[{k!r}]")]
+    if isinstance(want, (list, tuple)) and isinstance(got, (list, tuple)):
+        if len(got) != len(want):
+            return [f"{where}: {len(got)} items != {len(want)}"]
+        return [
+            m for i, (g, w) in enumerate(zip(got, want)) for m in mismatches(g, w, f"{where}[{i}]")
+        ]
+    if isinstance(want, float) or isinstance(got, float):
+        return (
+            [] if got == pytest.approx(want, rel=rel, abs=abs_) else [f"{where}: {got} != {want}"]
+        )
+    return [] if got == want else [f"{where}: {got!r} != {want!r}"]
+
+
+def test_mismatches_finds_every_difference_and_tolerates_float_noise():
+    import copy
+
+    assert mismatches(CARD, copy.deepcopy(CARD)) == []
+    other = json.loads(json.dumps(CARD))
+    other["accuracy_single_head_mean_ablated"]["L0H5"] += 0.002
+    other["top_answer_to_reasoning_mass"][0] *= 1 + 1e-7  # float noise: tolerated
+    other["random3_heads"][1][0] = "L0H0"
+    found = mismatches(other, CARD)
+    assert len(found) == 2
+    assert "['accuracy_single_head_mean_ablated']['L0H5']" in found[0]
+    assert "['random3_heads'][1][0]: 'L0H0' != 'L1H5'" in found[1]
+
+
 def test_shipped_directory_is_complete_and_small():
     files = {p.name for p in DIRECTORY.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "MODEL_CARD.md"} <= files
@@ -75,7 +108,7 @@ def test_plain_transformers_generation_reaches_the_cards_accuracy(plain):
     problems = rc.organism.make_problems(20, seed=31, split="heldout")
     assert plain_accuracy(tokenizer, model, problems) >= 0.95
     # the same calls without the BOS the model was trained with fail: the BOS is what matters
-    assert plain_accuracy(tokenizer, model, problems, add_special_tokens=False) <= 0.5
+    assert plain_accuracy(tokenizer, model, problems[:8], add_special_tokens=False) <= 0.5
 
 
 @pytest.mark.slow
@@ -129,7 +162,8 @@ def test_reasons_and_answers_held_out_problems(reasoner):
 def test_model_card_numbers_hold():
     """Issue 3's bar, recomputed on 500 held-out problems (as recorded in the model card)."""
     results = measure(DIRECTORY, n=500)
-    assert results == pytest.approx(CARD)  # every number of the card, to float tolerance
+    differing = mismatches(results, CARD)  # every number of the card, to float tolerance
+    assert not differing, "\n".join(differing)
     assert results["accuracy_with_reasoning"] >= 0.95
     assert results["accuracy_teacher_forced_check"] == pytest.approx(
         results["accuracy_with_reasoning"]
