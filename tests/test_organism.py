@@ -126,3 +126,37 @@ def test_training_saves_the_tokenizer_that_ships(tmp_path):
     shipped = BUILTIN_MODELS["tiny-reasoner"]
     for name in ("tokenizer.json", "tokenizer_config.json"):
         assert (tmp_path / name).read_text() == (shipped / name).read_text(), name
+
+
+def test_forced_traces_refuse_unfinished_reasoning():
+    tok = build_tokenizer()
+    p = make_problems(1, seed=0)[0]
+    ids = (tok.bos_token_id, *tok.encode(format_prompt(p) + "a=1.", add_special_tokens=False))
+    unfinished = rc.organism.Generated(p, ids, "a=1.", correct=False, finished=False)
+    with pytest.raises(ValueError, match="no </think>"):
+        rc.organism.forced_traces(tok, [unfinished])
+
+
+def test_accuracy_of_no_problems_is_refused():
+    with pytest.raises(ValueError, match="at least one problem"):
+        rc.organism.accuracy(None, [])
+
+
+def test_evaluate_cli_measures_and_writes_the_card(tmp_path, capsys):
+    """The command wires measure and the card together (few problems: a smoke test)."""
+    import json
+    import shutil
+
+    from reasoning_circuits.models import BUILTIN_MODELS
+    from reasoning_circuits.organism.evaluate import main
+
+    directory = tmp_path / "tiny"
+    shutil.copytree(BUILTIN_MODELS["tiny-reasoner"], directory)
+    main(["--model", str(directory), "--n", "4", "--write-card"])
+    printed = capsys.readouterr().out
+    results = json.loads((directory / "evaluation.json").read_text())
+    assert results["n_problems"] == 4 and f"wrote {directory / 'MODEL_CARD.md'}" in printed
+    assert 0 <= results["accuracy_with_reasoning"] <= 1
+    assert len(results["accuracy_single_head_mean_ablated"]) == 32
+    card = (directory / "MODEL_CARD.md").read_text()
+    assert "On 4 held-out problems" in card and "A 859,264-parameter GPT-2" in card
