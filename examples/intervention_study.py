@@ -26,7 +26,6 @@ from pathlib import Path
 
 import reasoning_circuits as rc
 from reasoning_circuits.generation import answers_correct
-from reasoning_circuits.organism.evaluate import emitting_mass
 from reasoning_circuits.organism.task import Problem, format_prompt
 from reasoning_circuits.patching import logit_diff_metric, patch_residual
 
@@ -101,7 +100,11 @@ def main() -> None:
         .to_string()
     )
     try:
-        sweep.plot(args.out / "residual_patching.png")
+        sweep.plot(
+            args.out / "residual_patching.png",
+            title="clean residual stream patched into the corrupted run "
+            f"(logit {problem.value} − logit {other.value} at the last position)",
+        )
         print(f"heatmap: {args.out / 'residual_patching.png'}\n")
     except ImportError:
         print("(no heatmap: pip install 'reasoning_circuits[plot]')\n")
@@ -118,7 +121,7 @@ def main() -> None:
     means = rc.mean_head_outputs(model, traces, heads, positions="answer")
     # two rankings: R2A's mean over all answer rows, and the row that emits the value
     by_answer = list(rc.rank_heads(profiles, k=3))
-    by_emitting_row = list(rc.rank_heads(emitting_mass(model, traces)[None], k=3))
+    by_emitting_row = list(rc.rank_heads(rc.organism.emitting_mass(model, traces)[None], k=3))
     others = [h for h in heads if h not in by_emitting_row]
     studied = [("top-3 by whole answer", by_answer), ("top-3 by emitting row", by_emitting_row)]
     studied += [("random", rng.sample(others, 3)) for _ in range(3)]

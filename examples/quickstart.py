@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import reasoning_circuits as rc
-from reasoning_circuits.organism.evaluate import generate
 
 
 def main() -> None:
@@ -28,8 +27,8 @@ def main() -> None:
 
     model = rc.load_model("tiny-reasoner")
     problems = rc.organism.make_problems(args.n, seed=7, split="heldout")
-    with_reasoning = generate(model, problems, mode="reasoning")
-    without = generate(model, problems, mode="finished")
+    with_reasoning = rc.organism.generate(model, problems, mode="reasoning")
+    without = rc.organism.generate(model, problems, mode="finished")
     accuracy = sum(g.correct for g in with_reasoning) / len(problems)
     accuracy_without = sum(g.correct for g in without) / len(problems)
     print(f"{len(problems)} held-out problems, e.g.\n  {problems[0].question}")

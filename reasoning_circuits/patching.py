@@ -173,27 +173,47 @@ class PatchSweep:
         b = pd.Series(other.values.ravel()).rank().to_numpy()
         return float(np.corrcoef(a, b)[0, 1])
 
-    def plot(self, path: str | Path | None = None, *, normalized: bool = True) -> Any:
-        """A heatmap of the sweep (first axis down, second across); returns the figure."""
-        from reasoning_circuits.plotting import _pyplot
+    def plot(
+        self, path: str | Path | None = None, *, normalized: bool = True, title: str | None = None
+    ) -> Any:
+        """A heatmap of the sweep (first axis up, second across); returns the figure.
+
+        ``normalized``: colour by :meth:`normalized` (0 no effect, 1 full recovery, on a
+        symmetric scale) rather than the raw metric. ``title`` defaults to the axes, the
+        metric's name and the clean/corrupted baselines; it wraps when long. Long axes show
+        every k-th tick label, slanted when crowded. Saves to ``path`` (PNG, 120 dpi) when
+        given. NaN cells (e.g. padded positions) stay blank.
+        """
+        from reasoning_circuits.plotting import _pyplot, _set_heatmap_ticks, _set_wrapped_title
 
         plt = _pyplot()
+        if len(self.axes) != 2:
+            raise ValueError(f"plot draws two-axis sweeps; this one has axes {self.axes}")
         data = self.normalized() if normalized else self.values
         rows, cols = self.axes[0], self.axes[1]
+        n_rows, n_cols = data.shape
         longest = max((len(str(c)) for c in self.labels[cols]), default=1)
         fig, ax = plt.subplots(
-            figsize=(2.5 + 0.4 * data.shape[1], 1.5 + 0.35 * data.shape[0] + 0.08 * longest),
+            figsize=(
+                min(20.0, max(5.0, 2.5 + 0.3 * min(n_cols, 40))),
+                min(16.0, 2.0 + 0.3 * min(n_rows, 40) + 0.06 * min(longest, 30)),
+            ),
             layout="constrained",
         )
-        limit = np.nanmax(np.abs(data)) if np.isfinite(data).any() else 1.0
+        finite = np.isfinite(data)
+        limit = float(np.nanmax(np.abs(data))) if finite.any() else 1.0
+        limit = limit if limit > 0 else 1.0
         image = ax.imshow(data, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto", origin="lower")
         fig.colorbar(image, ax=ax, label="normalised metric" if normalized else self.metric)
-        ax.set_xticks(
-            range(len(self.labels[cols])), [str(c) for c in self.labels[cols]], rotation=90
-        )
-        ax.set_yticks(range(len(self.labels[rows])), [str(r) for r in self.labels[rows]])
+        _set_heatmap_ticks(ax, self.labels[cols], self.labels[rows])
         ax.set_xlabel(cols)
         ax.set_ylabel(rows)
+        if title is None:
+            title = (
+                f"{rows} × {cols} patching: {self.metric} "
+                f"(clean {self.clean:.2f}, corrupted {self.corrupted:.2f})"
+            )
+        _set_wrapped_title(ax, title)
         if path is not None:
             fig.savefig(path, dpi=120)
         return fig

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
 
 
 @pytest.mark.slow
@@ -24,7 +25,8 @@ def test_example_runs(script, args, expected, tmp_path):
         capture_output=True,
         text=True,
         timeout=600,
-        env={"HF_HUB_OFFLINE": "1", "PATH": "", "HOME": str(tmp_path)},
+        # PYTHONPATH: run this checkout's package, whatever is installed
+        env={"HF_HUB_OFFLINE": "1", "PATH": "", "HOME": str(tmp_path), "PYTHONPATH": str(ROOT)},
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert expected in done.stdout

@@ -60,7 +60,7 @@ def test_tokenizer_is_character_level_with_think_tokens():
     tok = build_tokenizer()
     p = make_problems(1, seed=0)[0]
     text = format_prompt(p) + format_completion(p)
-    ids = tok.encode(text)
+    ids = tok.encode(text, add_special_tokens=False)
     assert tok.decode(ids) == text
     assert len(ids) == len(text) - len("<think>") + 1 - len("</think>") + 1
     trace = rc.Trace.from_ids([tok.bos_token_id, *ids, tok.eos_token_id], tok)
@@ -101,3 +101,62 @@ def test_training_is_deterministic_from_its_seed(tmp_path):
     second = load_file(tmp_path / "b" / "model.safetensors")
     assert first.keys() == second.keys()
     assert all((first[k] == second[k]).all() for k in first)
+
+
+def test_tokenizer_adds_bos_itself_exactly_once():
+    """As in training: BOS first, then the text; the library's explicit path gives the same."""
+    tok = build_tokenizer()
+    p = make_problems(1, seed=0)[0]
+    text = format_prompt(p)
+    plain = tok(text)["input_ids"]
+    explicit = [tok.bos_token_id, *tok.encode(text, add_special_tokens=False)]
+    assert plain == explicit
+    assert plain.count(tok.bos_token_id) == 1  # <|endoftext|> appears nowhere in the text
+    # a trace built from text by the library starts with exactly one BOS as well
+    trace = rc.Trace.from_text(text + p.reasoning + "\n</think> " + p.gold, tok)
+    assert trace.tokens[0].tolist().count(tok.bos_token_id) == 1
+    assert len(trace["bos"]) == 1
+
+
+def test_training_saves_the_tokenizer_that_ships(tmp_path):
+    """build_tokenizer, saved, is byte for byte the shipped tokenizer: retraining reproduces it."""
+    from reasoning_circuits.models import BUILTIN_MODELS
+
+    build_tokenizer().save_pretrained(tmp_path)
+    shipped = BUILTIN_MODELS["tiny-reasoner"]
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        assert (tmp_path / name).read_text() == (shipped / name).read_text(), name
+
+
+def test_forced_traces_refuse_unfinished_reasoning():
+    tok = build_tokenizer()
+    p = make_problems(1, seed=0)[0]
+    ids = (tok.bos_token_id, *tok.encode(format_prompt(p) + "a=1.", add_special_tokens=False))
+    unfinished = rc.organism.Generated(p, ids, "a=1.", correct=False, finished=False)
+    with pytest.raises(ValueError, match="no </think>"):
+        rc.organism.forced_traces(tok, [unfinished])
+
+
+def test_accuracy_of_no_problems_is_refused():
+    with pytest.raises(ValueError, match="at least one problem"):
+        rc.organism.accuracy(None, [])
+
+
+def test_evaluate_cli_measures_and_writes_the_card(tmp_path, capsys):
+    """The command wires measure and the card together (few problems: a smoke test)."""
+    import json
+    import shutil
+
+    from reasoning_circuits.models import BUILTIN_MODELS
+    from reasoning_circuits.organism.evaluate import main
+
+    directory = tmp_path / "tiny"
+    shutil.copytree(BUILTIN_MODELS["tiny-reasoner"], directory)
+    main(["--model", str(directory), "--n", "4", "--write-card"])
+    printed = capsys.readouterr().out
+    results = json.loads((directory / "evaluation.json").read_text())
+    assert results["n_problems"] == 4 and f"wrote {directory / 'MODEL_CARD.md'}" in printed
+    assert 0 <= results["accuracy_with_reasoning"] <= 1
+    assert len(results["accuracy_single_head_mean_ablated"]) == 32
+    card = (directory / "MODEL_CARD.md").read_text()
+    assert "On 4 held-out problems" in card and "A 859,264-parameter GPT-2" in card

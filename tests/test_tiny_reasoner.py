@@ -1,19 +1,77 @@
 """The shipped tiny reasoner: loads offline, reasons, and meets the numbers of its model card."""
 
 import json
+import re
 
 import pytest
+import torch
 
 import reasoning_circuits as rc
 from reasoning_circuits.models import BUILTIN_MODELS
-from reasoning_circuits.organism.evaluate import evaluate, generate
+from reasoning_circuits.organism import emitting_mass, generate, measure, render_model_card
 
 DIRECTORY = BUILTIN_MODELS["tiny-reasoner"]
+CARD = json.loads((DIRECTORY / "evaluation.json").read_text())
 
 
 @pytest.fixture(scope="module")
 def reasoner():
     return rc.load_model("tiny-reasoner")
+
+
+@pytest.fixture(scope="module")
+def plain():
+    """The shipped directory through plain transformers, nothing from this library."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(DIRECTORY), AutoModelForCausalLM.from_pretrained(DIRECTORY)
+
+
+def plain_accuracy(tokenizer, model, problems, *, add_special_tokens=True):
+    """Greedy answers the way a transformers user would get them (batched, left padding)."""
+    tokenizer.padding_side = "left"
+    prompts = [rc.organism.format_prompt(p) for p in problems]
+    inputs = tokenizer(
+        prompts, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens
+    )
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=160, do_sample=False)
+    texts = tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    answers = [t.split("</think>", 1)[1].strip() if "</think>" in t else "" for t in texts]
+    return sum(a == p.gold for a, p in zip(answers, problems)) / len(problems)
+
+
+def mismatches(got, want, where="results", *, rel=1e-4, abs_=1e-6) -> list[str]:
+    """Every place where two JSON-like records differ (floats to a tolerance)."""
+    if isinstance(want, dict) and isinstance(got, dict):
+        if got.keys() != want.keys():
+            return [f"{where}: keys {sorted(got)} != {sorted(want)}"]
+        return [m for k in want for m in mismatches(got[k], want[k], f"{where}[{k!r}]")]
+    if isinstance(want, (list, tuple)) and isinstance(got, (list, tuple)):
+        if len(got) != len(want):
+            return [f"{where}: {len(got)} items != {len(want)}"]
+        return [
+            m for i, (g, w) in enumerate(zip(got, want)) for m in mismatches(g, w, f"{where}[{i}]")
+        ]
+    if isinstance(want, float) or isinstance(got, float):
+        return (
+            [] if got == pytest.approx(want, rel=rel, abs=abs_) else [f"{where}: {got} != {want}"]
+        )
+    return [] if got == want else [f"{where}: {got!r} != {want!r}"]
+
+
+def test_mismatches_finds_every_difference_and_tolerates_float_noise():
+    import copy
+
+    assert mismatches(CARD, copy.deepcopy(CARD)) == []
+    other = json.loads(json.dumps(CARD))
+    other["accuracy_single_head_mean_ablated"]["L0H5"] += 0.002
+    other["top_answer_to_reasoning_mass"][0] *= 1 + 1e-7  # float noise: tolerated
+    other["random3_heads"][1][0] = "L0H0"
+    found = mismatches(other, CARD)
+    assert len(found) == 2
+    assert "['accuracy_single_head_mean_ablated']['L0H5']" in found[0]
+    assert "['random3_heads'][1][0]: 'L0H0' != 'L1H5'" in found[1]
 
 
 def test_shipped_directory_is_complete_and_small():
@@ -35,6 +93,62 @@ def test_unknown_name_lists_builtin_models():
         rc.load_model("tiny-reasonr")
 
 
+def test_plain_tokenizer_adds_bos_like_training(plain):
+    tokenizer, _ = plain
+    text = rc.organism.format_prompt(rc.organism.make_problems(1, seed=0, split="heldout")[0])
+    ids = tokenizer(text)["input_ids"]
+    assert ids[0] == tokenizer.bos_token_id == 0
+    assert ids[1:] == tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert ids.count(tokenizer.bos_token_id) == 1
+
+
+def test_plain_transformers_generation_reaches_the_cards_accuracy(plain):
+    """AutoTokenizer + AutoModelForCausalLM.generate, as a newcomer would, on held-out problems."""
+    tokenizer, model = plain
+    problems = rc.organism.make_problems(20, seed=31, split="heldout")
+    assert plain_accuracy(tokenizer, model, problems) >= 0.95
+    # the same calls without the BOS the model was trained with fail: the BOS is what matters
+    assert plain_accuracy(tokenizer, model, problems[:8], add_special_tokens=False) <= 0.5
+
+
+@pytest.mark.slow
+def test_plain_transformers_matches_the_card_on_its_500_problems(plain):
+    tokenizer, model = plain
+    problems = rc.organism.make_problems(
+        CARD["n_problems"], seed=CARD["heldout_seed"], split="heldout"
+    )
+    assert plain_accuracy(tokenizer, model, problems) == pytest.approx(
+        CARD["accuracy_with_reasoning"]
+    )
+
+
+def test_the_cards_plain_transformers_snippet_runs(capsys):
+    card = (DIRECTORY / "MODEL_CARD.md").read_text()
+    snippet = re.search(r"```python\n(.*?)```", card, re.S)[1]
+    exec(snippet.replace("DIR", repr(str(DIRECTORY))), {})
+    # b=8, c=8*3=24→4, m=4+4=8
+    assert capsys.readouterr().out.strip().endswith("</think> The answer is 8.")
+
+
+def test_the_card_is_rendered_from_the_shipped_records():
+    training = json.loads((DIRECTORY / "training.json").read_text())
+    assert render_model_card(training, CARD) == (DIRECTORY / "MODEL_CARD.md").read_text()
+
+
+def test_bridge_and_library_put_exactly_one_bos(reasoner):
+    """The bridge prepends BOS, the tokenizer adds it: nothing may add it twice."""
+    bos = reasoner.tokenizer.bos_token_id
+    problem = rc.organism.make_problems(1, seed=11, split="heldout")[0]
+    text = rc.organism.format_prompt(problem)
+    tokens = reasoner.to_tokens(text)[0].tolist()
+    assert tokens[0] == bos and tokens.count(bos) == 1
+    generated = generate(reasoner, [problem])[0]
+    assert generated.ids[: len(tokens)] == tuple(tokens)
+    assert rc.Trace.from_text(text + generated.completion, reasoner.tokenizer).tokens[
+        0
+    ].tolist() == list(generated.ids[:-1])  # the same ids, without the final EOS
+
+
 def test_reasons_and_answers_held_out_problems(reasoner):
     problems = rc.organism.make_problems(30, seed=11, split="heldout")
     results = generate(reasoner, problems)
@@ -47,9 +161,9 @@ def test_reasons_and_answers_held_out_problems(reasoner):
 @pytest.mark.slow
 def test_model_card_numbers_hold():
     """Issue 3's bar, recomputed on 500 held-out problems (as recorded in the model card)."""
-    results = evaluate(DIRECTORY, n=500)
-    recorded = json.loads((DIRECTORY / "evaluation.json").read_text())
-    assert results["accuracy_with_reasoning"] == pytest.approx(recorded["accuracy_with_reasoning"])
+    results = measure(DIRECTORY, n=500)
+    differing = mismatches(results, CARD)  # every number of the card, to float tolerance
+    assert not differing, "\n".join(differing)
     assert results["accuracy_with_reasoning"] >= 0.95
     assert results["accuracy_teacher_forced_check"] == pytest.approx(
         results["accuracy_with_reasoning"]
@@ -65,8 +179,6 @@ def test_ablating_its_reasoning_heads_costs_more_log_prob_than_random_heads(reas
     """R2A §4 on the shipped model: mean-ablate the top-3 heads by reasoning mass at the
     answer-emitting row, and 3 random other heads, at the answer; compare with CIs."""
     import random
-
-    from reasoning_circuits.organism.evaluate import emitting_mass
 
     problems = rc.organism.make_problems(30, seed=12, split="heldout")
     traces = [rc.Trace.from_ids(g.ids, reasoner.tokenizer) for g in generate(reasoner, problems)]

@@ -4,8 +4,28 @@
 (:mod:`reasoning_circuits.organism.task`) makes the answer depend on the reasoning, so its
 reasoning-focused heads are real, not planted. ``MODEL_CARD.md`` beside the weights records
 how it was trained and what it measurably does.
+
+Modules: :mod:`~reasoning_circuits.organism.task` (problems and prompts),
+:mod:`~reasoning_circuits.organism.analysis` (generation, accuracy, the heads the answer
+needs, every number of the card), :mod:`~reasoning_circuits.organism.card` (the card's
+template), and two commands, ``python -m reasoning_circuits.organism.train`` and
+``python -m reasoning_circuits.organism.evaluate``.
+
+The shipped tokenizer adds BOS itself, so the directory works with plain ``transformers``
+(``AutoTokenizer`` + ``AutoModelForCausalLM.generate``) as well as through the library.
 """
 
+from reasoning_circuits.organism.analysis import (
+    HELDOUT_SEED,
+    Generated,
+    accuracy,
+    answer_accuracy,
+    emitting_mass,
+    forced_traces,
+    generate,
+    measure,
+)
+from reasoning_circuits.organism.card import render_model_card, write_model_card
 from reasoning_circuits.organism.task import (
     FILLERS,
     PROMPT_MODES,
@@ -18,10 +38,20 @@ from reasoning_circuits.organism.task import (
 
 __all__ = [
     "FILLERS",
+    "HELDOUT_SEED",
     "PROMPT_MODES",
+    "Generated",
     "Problem",
+    "accuracy",
+    "answer_accuracy",
+    "emitting_mass",
+    "forced_traces",
     "format_completion",
     "format_prompt",
+    "generate",
     "make_problems",
+    "measure",
+    "render_model_card",
     "solve",
+    "write_model_card",
 ]

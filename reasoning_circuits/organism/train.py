@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from reasoning_circuits.organism.analysis import accuracy
 from reasoning_circuits.organism.task import (
     Problem,
     PromptMode,
@@ -34,7 +35,7 @@ from reasoning_circuits.organism.task import (
     make_problems,
 )
 
-__all__ = ["ARCHITECTURE", "accuracy", "build_tokenizer", "main", "train"]
+__all__ = ["ARCHITECTURE", "build_tokenizer", "main", "train"]
 
 ARCHITECTURE: dict[str, Any] = {
     "n_layer": 4,
@@ -47,8 +48,17 @@ EOS = "<|endoftext|>"
 
 
 def build_tokenizer() -> Any:
-    """Character-level byte tokenizer: one token per byte, ``<think>``/``</think>`` single."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    """Character-level byte tokenizer: one token per byte, ``<think>``/``</think>`` single.
+
+    It adds BOS itself (``tokenizer(text)["input_ids"]`` starts with ``<|endoftext|>``), as
+    the model was trained, so plain ``transformers`` use (``AutoTokenizer`` +
+    ``model.generate``) feeds the model what it saw in training. The rule is the
+    ``TemplateProcessing`` post-processor saved in ``tokenizer.json``, which both
+    ``transformers`` and ``tokenizers`` apply (transformers 5 ignores an ``add_bos_token``
+    flag in ``tokenizer_config.json`` when ``tokenizer.json`` exists). This package's own code
+    always tokenizes with ``add_special_tokens=False`` and places BOS explicitly.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
@@ -56,6 +66,9 @@ def build_tokenizer() -> Any:
     core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     core.decoder = decoders.ByteLevel()
+    core.post_processor = processors.TemplateProcessing(
+        single=f"{EOS}:0 $A:0", pair=f"{EOS}:0 $A:0 {EOS}:1 $B:1", special_tokens=[(EOS, 0)]
+    )
     tok = PreTrainedTokenizerFast(
         tokenizer_object=core, bos_token=EOS, eos_token=EOS, unk_token=EOS, pad_token=EOS
     )
@@ -88,16 +101,6 @@ def _encode_batch(
         attention[i, : len(row)] = 1
         loss_mask[i, : len(row)] = torch.tensor(mask, dtype=torch.bool)
     return ids, attention, loss_mask
-
-
-def accuracy(
-    model: Any, tokenizer: Any, problems: list[Problem], *, mode: PromptMode = "reasoning"
-) -> float:
-    """Share of problems whose greedy answer segment equals the gold sentence."""
-    from reasoning_circuits.organism.evaluate import generate
-
-    results = generate(model, problems, mode=mode, tokenizer=tokenizer)
-    return sum(g.correct for g in results) / len(problems)
 
 
 def train(
@@ -161,7 +164,7 @@ def train(
         scheduler.step()
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % eval_every == 0 or step + 1 == steps:
-            acc = accuracy(model, tokenizer, heldout)
+            acc = accuracy(model, heldout, tokenizer=tokenizer)
             history.append(
                 {"step": step + 1, "loss": round(loss.item(), 5), "heldout_accuracy": acc}
             )
