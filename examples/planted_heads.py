@@ -52,7 +52,7 @@ def main() -> None:
         profiles = rc.AttentionProfile.compute(model, traces, batch_size=3)
 
     ranking = rc.rank_heads(profiles, query="answer", key="reasoning", k=5)
-    low, high = profiles.bootstrap_ci("answer", "reasoning", n_resamples=1000)
+    low, high = profiles.ci("answer", "reasoning", simultaneous=True)
     print("Top reasoning-focused heads (mean answer→reasoning mass over traces, 95% CI):")
     for row in ranking.to_frame().itertuples():
         ci = f"[{low[row.layer, row.head]:.3f}, {high[row.layer, row.head]:.3f}]"

@@ -29,12 +29,14 @@ def main() -> None:
     problems = rc.organism.make_problems(args.n, seed=7, split="heldout")
     with_reasoning = rc.organism.generate(model, problems, mode="reasoning")
     without = rc.organism.generate(model, problems, mode="finished")
-    accuracy = sum(g.correct for g in with_reasoning) / len(problems)
-    accuracy_without = sum(g.correct for g in without) / len(problems)
+    right = sum(g.correct for g in with_reasoning)
+    right_without = sum(g.correct for g in without)
+    accuracy = rc.stats.proportion_ci(right, len(problems))  # Wilson 95% interval
+    accuracy_without = rc.stats.proportion_ci(right_without, len(problems))
     print(f"{len(problems)} held-out problems, e.g.\n  {problems[0].question}")
     print(f"  model wrote: {with_reasoning[0].completion!r}\n")
-    print(f"accuracy with reasoning:                  {accuracy:.1%}")
-    print(f"accuracy with 'I have finished thinking': {accuracy_without:.1%}\n")
+    print(f"accuracy with reasoning:                  {accuracy}")
+    print(f"accuracy with 'I have finished thinking': {accuracy_without}\n")
 
     traces = [
         rc.Trace.from_ids(g.ids, model.tokenizer, metadata={"question": g.problem.question})
@@ -43,14 +45,20 @@ def main() -> None:
     ]
     print(f"a trace: {traces[0]!r}")
     print(f"  its reasoning sentences: {traces[0].sentence_texts}\n")
-    profiles = rc.AttentionProfile.compute(model, traces, batch_size=20)
+    # the segments, plus the rows that emit the answer's value: most answer rows write the
+    # fixed text "The answer is" and need nothing from the reasoning
+    emit = {"emit": rc.rows.predicting()}
+    profiles = rc.AttentionProfile.compute(model, traces, queries=emit, batch_size=20)
 
-    ranking = rc.rank_heads(profiles, query="answer", key="reasoning", k=5)
-    low, high = profiles.bootstrap_ci("answer", "reasoning", n_resamples=1000)
-    print("Top reasoning-focused heads (mean answer→reasoning mass over traces, 95% CI):")
-    for row in ranking.to_frame().itertuples():
-        ci = f"[{low[row.layer, row.head]:.3f}, {high[row.layer, row.head]:.3f}]"
-        print(f"  {row.rank}. L{row.layer}H{row.head}  {row.score:.3f}  {ci}")
+    for query in ("answer", "emit"):
+        ranking = rc.rank_heads(profiles, query=query, key="reasoning", k=5)
+        # simultaneous intervals: these heads were picked by looking at the data
+        low, high = profiles.ci(query, "reasoning", simultaneous=True)
+        print(f"Top heads by {query}→reasoning mass (mean over traces, simultaneous 95% CI):")
+        for row in ranking.to_frame().itertuples():
+            ci = f"[{low[row.layer, row.head]:.3f}, {high[row.layer, row.head]:.3f}]"
+            print(f"  {row.rank}. L{row.layer}H{row.head}  {row.score:.3f}  {ci}")
+        print()
 
     print("\nWhere the answer's attention goes (mean over traces, layers and heads):")
     for part in profiles.parts:
@@ -59,10 +67,10 @@ def main() -> None:
 
     try:
         args.out.mkdir(parents=True, exist_ok=True)
-        path = args.out / "answer_to_reasoning_heatmap.png"
+        path = args.out / "emit_to_reasoning_heatmap.png"
         rc.plotting.plot_head_heatmap(
-            profiles.mean("answer", "reasoning"),
-            title="tiny-reasoner: answer → reasoning mass (red: top-5)",
+            profiles.mean("emit", "reasoning"),
+            title="tiny-reasoner: answer-emitting row → reasoning mass (red: top-5)",
             highlight=ranking,
             path=path,
         )

@@ -45,6 +45,11 @@ def test_example_runs_as_written(tmp_path, monkeypatch):
 
     # indices valid for the 4-layer, 8-head model; files written where it ran
     assert all(0 <= h.layer < 4 and 0 <= h.head < 8 for h in namespace["rfhs"])
+    # ranked at the emitting row, the top head is the model card's causal copy head, and
+    # mean-ablating it costs answer log-probability (the printed CI lies below 0)
+    assert namespace["rfhs"][0] == namespace["rc"].Head(0, 5)
+    high = float(re.search(r"CI \[[-+\d.]+, ([-+\d.]+)\]", printed)[1])
+    assert high < -1.0
     assert (tmp_path / "profiles.npz").is_file()
     assert (tmp_path / "residual_patching.png").is_file()
 
