@@ -3,25 +3,74 @@
 A :class:`HeadIntervention` names some heads, an action and where it applies:
 
 * ``"zero"``: the head writes nothing (its ``hook_z`` output is set to 0);
-* ``"mean"``: the head writes its mean output over a reference set (see
-  :func:`mean_head_outputs`): mean ablation removes what the head says *about this input*
-  while keeping its average contribution, so the residual stream stays in distribution;
 * ``"scale"``: the head's output is multiplied by ``scale``;
+* ``"mean"``: the head writes its mean output over a reference set of traces (see
+  :func:`mean_head_outputs`): mean ablation removes what the head says *about this input*
+  while keeping what it says on average, so the residual stream stays in distribution.
+  *Which* mean is a choice (``by=``, below);
 * ``"patch"``: the head writes what it wrote in a *source* run (see
-  :func:`capture_head_outputs`), position by position: the clean/corrupted patching of
-  activation-patching studies;
+  :func:`capture_head_outputs`): the clean/corrupted patching of activation-patching studies;
 * ``"resample"``: the same mechanics, named for resample ablation: the source is the run of
   *another* input (e.g. a different problem), so the head says what it would say there;
 * ``"knockout"``: the head cannot attend from the ``query`` segment to the ``key`` segment
-  (e.g. answer → reasoning). This edits the pre-softmax scores (``hook_attn_scores``) to the
-  dtype's minimum, so the softmax renormalises each row over the keys that remain: exactly
-  "the head never saw those keys". A row with no other key left would be undefined; causal
-  rows always keep at least themselves unless the key segment contains the query.
+  (e.g. answer → reasoning), as if those keys were not there.
 
-The first four act on ``blocks.{layer}.attn.hook_z`` (``[batch, pos, head, d_head]``, one slot per
-*query* head, also in grouped-query models), i.e. on what the head writes before the output
+The first five act on ``blocks.{layer}.attn.hook_z`` (``[batch, pos, head, d_head]``, one slot
+per *query* head, also in grouped-query models), i.e. on what the head writes before the output
 projection. Positions are a segment name (``"answer"``), a :class:`Segment`, token indices, or
 ``None`` for every position; with several traces in a batch each row gets its own positions.
+
+Which source position patches which target position
+---------------------------------------------------
+Two traces rarely have the same length, so "position p of the source" is usually another
+part of the text: copied by absolute position, the answer of a 139-token trace patched from
+an 83-token trace would read past the source's end (zeros), and from a longer source it would
+read its prompt or reasoning. So patch and resample sources are aligned **by segment**
+(``align="segment"``, the default): target position (segment s, offset i) takes the source's
+(segment s, offset i), as :func:`reasoning_circuits.pairs.align_pair` does for patching
+sweeps. A target position whose segment is longer in the target than in the source has no
+counterpart, and the intervention **refuses** it (:class:`PairAlignmentError`, naming the
+trace, the segment and both lengths) rather than inventing a value. ``align="absolute"``
+copies position p to position p, for pairs built to be equally long; it too refuses positions
+past the source's end. The source carries its traces for this (:class:`HeadOutputs`); a
+source of several traces says which target each one patches (``targets=``).
+
+During generation (:mod:`reasoning_circuits.generation`) the answer grows one token at a time,
+and the refusal comes at the step that would need an answer offset the source lacks: keep
+``max_new_tokens`` within the source's answer, or stop generation earlier (``stop=``).
+
+Which mean
+----------
+``mean_head_outputs(..., by=...)`` offers three means, and the choice matters:
+
+* ``by="pooled"``: one vector per head, the mean over every chosen position of every
+  reference trace, written into every intervened position. Right when the positions do not
+  differ systematically (free text). Wrong on a fixed template: the tiny reasoner's answer is
+  always ``The answer is N.``, and what a head writes at offset 3 is not what it writes at
+  offset 10; one pooled vector everywhere breaks the template itself, which then reads as
+  the head being causal for the answer.
+* ``by="segment_offset"``: one vector per offset of one segment (offset i of the answer takes
+  the mean over reference traces of the head's output at answer offset i). Right for
+  templated or aligned segments; the reference traces must cover every offset intervened on
+  (longer offsets are averaged over fewer traces: ``HeadMeans.counts``).
+* ``by="token"``: one vector per token id within one segment (the mean over the positions of
+  that segment holding that token). Right where a template's tokens recur at shifting
+  offsets; the token at a position is read from the forward pass itself, so it also works
+  during generation.
+
+A position the means do not cover (an offset past the longest reference segment, a token the
+reference never had) is refused, or takes the pooled mean with ``fallback="pooled"``.
+
+Knockout
+--------
+``"knockout"`` edits the pre-softmax scores (``hook_attn_scores``, which in the
+``TransformerBridge`` already holds the causal mask as the dtype's minimum) so that blocked
+keys get that same minimum, and re-applies the causal mask itself, so no future key can ever
+get weight. Each row then renormalises over the visible keys that remain: "the head never saw
+those keys". A row whose *every* visible key is blocked has nothing left to read; its pattern
+row is set to zero (``hook_pattern``), so the head writes nothing there (a warning gives the
+number of such rows). Without this, such a row would spread uniformly over all positions,
+future ones included.
 
 Use it as hooks (``model.run_with_hooks(tokens, fwd_hooks=iv.hooks(model, traces))``) or as
 a context manager (``with iv.apply(model, traces): model(tokens)``).
@@ -32,26 +81,40 @@ intervention on the answer positions leaves the prompt and the reasoning untouch
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Literal
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from reasoning_circuits._hooks import Hook, act_name, hook_layer
-from reasoning_circuits._inputs import as_traces, batches, check_model, check_traces
+from reasoning_circuits._inputs import (
+    as_traces,
+    batches,
+    check_model,
+    check_traces,
+    describe_trace,
+)
 from reasoning_circuits._options import check_option
 from reasoning_circuits.effects import Effect, measure_effect
+from reasoning_circuits.errors import PairAlignmentError
 from reasoning_circuits.heads import Head, as_heads
 from reasoning_circuits.metrics import TraceMetric
-from reasoning_circuits.trace import Segment, Trace, pad_traces
+from reasoning_circuits.trace import SEGMENT_NAMES, Segment, Trace, pad_traces
 
 __all__ = [
+    "Align",
     "Effect",
+    "Fallback",
     "HeadIntervention",
+    "HeadMeans",
+    "HeadOutputs",
+    "MeanBy",
     "Positions",
     "capture_head_outputs",
     "mean_head_outputs",
@@ -59,6 +122,12 @@ __all__ = [
 ]
 
 Action = Literal["zero", "mean", "scale", "patch", "resample", "knockout"]
+Align = Literal["segment", "absolute"]
+"""How patch/resample sources map to target positions: by segment offset, or by position."""
+MeanBy = Literal["pooled", "segment_offset", "token"]
+"""Which mean a mean ablation writes: one per head, one per segment offset, one per token."""
+Fallback = Literal["refuse", "pooled"]
+"""What a position the means do not cover gets: a refusal, or the pooled mean."""
 Positions = str | Segment | Sequence[int] | None
 
 
@@ -82,6 +151,353 @@ def position_mask(traces: Sequence[Trace], positions: Positions, width: int) -> 
     return mask
 
 
+def _segment_frame(trace: Trace) -> tuple[list[int], list[int]]:
+    """Per position of ``trace``: the index of its segment in ``SEGMENT_NAMES`` and its offset
+    within that segment."""
+    kinds, offsets = [0] * len(trace), [0] * len(trace)
+    for kind, name in enumerate(SEGMENT_NAMES):
+        segment = trace[name]
+        for offset, position in enumerate(segment.positions):
+            kinds[position], offsets[position] = kind, offset
+    return kinds, offsets
+
+
+# ---------------------------------------------------------------------------------- sources
+
+
+@dataclass(frozen=True, eq=False)
+class HeadOutputs:
+    """What some heads wrote on some source traces: the source of a patch or resample.
+
+    ``values[head]`` is ``[n, pos, d_head]`` (row i = ``traces[i]``, right-padded with zeros);
+    ``traces`` are the source traces, whose segments let a target position find its
+    counterpart (see the module docstring). ``targets``, when given, names the trace each
+    source row patches (``targets[i]`` takes row i): needed for more than one source row,
+    because batched metrics reorder traces. Indexing (``outputs[head]``) reads ``values``.
+    """
+
+    values: Mapping[Head, Float[Tensor, "n pos d_head"]]
+    traces: tuple[Trace, ...]
+    targets: tuple[Trace, ...] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "values", MappingProxyType(dict(self.values)))
+        object.__setattr__(self, "traces", tuple(as_traces(self.traces, name="traces")))
+        if not self.values:
+            raise ValueError("HeadOutputs needs values for at least one head")
+        longest = max(map(len, self.traces))
+        for head, tensor in self.values.items():
+            if tensor.ndim != 3 or tensor.shape[0] != len(self.traces) or tensor.shape[1] < longest:
+                raise ValueError(
+                    f"values[{head}] has shape {tuple(tensor.shape)}; expected [{len(self.traces)}"
+                    f", >= {longest}, d_head] for {len(self.traces)} source traces"
+                )
+        if self.targets is not None:
+            targets = tuple(as_traces(self.targets, name="targets"))
+            if len(targets) != len(self.traces):
+                raise ValueError(
+                    f"{len(targets)} targets for {len(self.traces)} source traces; give one "
+                    "target per source (targets[i] is patched from traces[i])"
+                )
+            object.__setattr__(self, "targets", targets)
+
+    def __getitem__(self, head: Head) -> Tensor:
+        return self.values[head]
+
+    def __contains__(self, head: object) -> bool:
+        return head in self.values
+
+    def __iter__(self) -> Iterator[Head]:
+        return iter(self.values)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __repr__(self) -> str:
+        heads = ", ".join(str(h) for h in self.values)
+        paired = "" if self.targets is None else ", paired with targets"
+        return f"HeadOutputs({heads} on {len(self.traces)} source traces{paired})"
+
+    def check_paired(self) -> None:
+        """Refuse a source of several traces that does not say which target each patches."""
+        if len(self.traces) > 1 and self.targets is None:
+            raise ValueError(
+                f"this source holds {len(self.traces)} traces but does not say which target "
+                "each one patches; capture it with rc.capture_head_outputs(model, sources, "
+                "heads, targets=targets) (targets[i] is patched from sources[i]). Row order "
+                "alone cannot pair them: batched metrics sort traces by length"
+            )
+
+    def rows_for(self, traces: Sequence[Trace]) -> list[int]:
+        """The source row of each of ``traces``: 0 for a one-trace source, else the row whose
+        target is that trace (the same object, or one with the same ids, or, for an answer
+        being generated, the same ids before the answer)."""
+        self.check_paired()
+        if self.targets is None:
+            return [0] * len(traces)
+        targets = self.targets
+        rows = []
+        for index, trace in enumerate(traces):
+            before = trace.ids[: trace["answer"].start]
+            found = [j for j, t in enumerate(targets) if t is trace]
+            found = found or [j for j, t in enumerate(targets) if t.ids == trace.ids]
+            found = found or [
+                j for j, t in enumerate(targets) if t.ids[: t["answer"].start] == before
+            ]
+            if not found:
+                raise PairAlignmentError(
+                    f"{describe_trace(trace, index)} is not among the source's targets; "
+                    "capture the source with targets= listing the traces you intervene on"
+                )
+            if len(found) > 1:
+                raise PairAlignmentError(
+                    f"{describe_trace(trace, index)} matches targets {found}, each with its "
+                    "own source; patch each target in its own intervention"
+                )
+            rows.append(found[0])
+        return rows
+
+
+@torch.no_grad()
+def capture_head_outputs(
+    model: Any,
+    traces: Trace | Sequence[Trace],
+    heads: Iterable[Head | tuple[int, int] | str],
+    *,
+    targets: Trace | Sequence[Trace] | None = None,
+    batch_size: int = 8,
+    progress: bool | None = None,
+) -> HeadOutputs:
+    """Each head's ``hook_z`` output on the source ``traces``, with the traces' segments.
+
+    Args:
+        model: a ``TransformerBridge``.
+        traces: the source traces.
+        heads: ``Head`` objects, ``(layer, head)`` pairs or names such as ``"L3H4"``.
+        targets: the traces the source will patch, ``targets[i]`` from ``traces[i]``; needed
+            when there is more than one source trace.
+        batch_size: traces per forward pass.
+        progress: progress bars (default: more than one batch).
+
+    Returns:
+        A :class:`HeadOutputs`: ``outputs[head]`` is ``[n, pos, d_head]``, row i =
+        ``traces[i]``, right-padded with zeros to the longest trace (padding is never
+        patched: positions are aligned by segment and refused past the source's end).
+    """
+    trace_list = as_traces(traces)
+    check_traces(model, trace_list, what="capture_head_outputs")
+    target_list = None if targets is None else as_traces(targets, name="targets")
+    chosen = as_heads(heads)
+    width = max(map(len, trace_list))
+    out = {h: torch.zeros(len(trace_list), width, int(model.cfg.d_head)) for h in chosen}
+    current: dict[str, Any] = {}
+
+    def grab(z: Tensor, *, hook: Any) -> None:
+        layer = hook_layer(hook)
+        valid, indices = current["valid"].to(z), current["indices"]
+        for h in chosen:
+            if h.layer == layer:
+                values = (z[:, :, h.head] * valid[..., None]).detach().float().cpu()
+                out[h][indices, : values.shape[1]] = values
+
+    layers = sorted({h.layer for h in chosen})
+    for indices, chunk in batches(trace_list, batch_size, desc="head outputs", progress=progress):
+        tokens, valid = pad_traces(chunk)
+        current.update(valid=valid, indices=torch.tensor(indices))
+        model.run_with_hooks(
+            tokens.to(model.cfg.device),
+            attention_mask=valid.to(model.cfg.device) if len(chunk) > 1 else None,
+            return_type=None,
+            fwd_hooks=[(act_name("z", layer), grab) for layer in layers],
+        )
+    return HeadOutputs(out, tuple(trace_list), None if target_list is None else tuple(target_list))
+
+
+# ------------------------------------------------------------------------------------ means
+
+
+@dataclass(frozen=True, eq=False)
+class HeadMeans:
+    """Mean head outputs over reference traces, for ``HeadIntervention(..., "mean")``.
+
+    Attributes:
+        by: ``"pooled"``, ``"segment_offset"`` or ``"token"`` (see the module docstring).
+        positions: what was averaged over: for ``"segment_offset"`` and ``"token"`` a segment
+            name (the intervention must stay inside that segment).
+        values: ``{Head: tensor}``: ``[d_head]`` pooled; ``[offset, d_head]`` per segment
+            offset (row i = offset i); ``[token, d_head]`` per token (row order
+            ``token_ids``).
+        pooled: ``{Head: [d_head]}``, the pooled mean over the same positions (the
+            ``fallback``).
+        counts: ``[row]`` int, how many reference positions each row of ``values`` averages.
+        token_ids: for ``by="token"``, the token id of each row.
+        fallback: ``"refuse"``: a position the rows do not cover raises; ``"pooled"``: it
+            takes the pooled mean.
+    """
+
+    by: MeanBy
+    positions: Positions
+    values: Mapping[Head, Tensor]
+    pooled: Mapping[Head, Float[Tensor, " d_head"]]
+    counts: Int[Tensor, " row"]
+    token_ids: tuple[int, ...] = ()
+    fallback: Fallback = "refuse"
+    _lookup: Tensor = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        check_option(self.by, MeanBy, "by")
+        check_option(self.fallback, Fallback, "fallback")
+        if self.by != "pooled" and not isinstance(self.positions, str):
+            raise ValueError(
+                f"by={self.by!r} averages within one segment; positions must be a segment "
+                f"name such as 'answer', got {self.positions!r}"
+            )
+        object.__setattr__(self, "values", MappingProxyType(dict(self.values)))
+        object.__setattr__(self, "pooled", MappingProxyType(dict(self.pooled)))
+        lookup = torch.full((max(self.token_ids, default=-1) + 1,), -1, dtype=torch.long)
+        lookup[list(self.token_ids)] = torch.arange(len(self.token_ids))
+        object.__setattr__(self, "_lookup", lookup)
+
+    def __getitem__(self, head: Head) -> Tensor:
+        return self.values[head]
+
+    def __contains__(self, head: object) -> bool:
+        return head in self.values
+
+    def __iter__(self) -> Iterator[Head]:
+        return iter(self.values)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __repr__(self) -> str:
+        rows = "" if self.by == "pooled" else f", {len(self.counts)} rows"
+        return (
+            f"HeadMeans(by={self.by!r} over {self.positions!r}{rows}, "
+            f"{len(self.values)} heads, fallback={self.fallback!r})"
+        )
+
+    def rows_of_tokens(self, ids: Tensor) -> Tensor:
+        """The row of each token id in ``values`` (``by="token"``), -1 for unseen ids."""
+        lookup = self._lookup.to(ids.device)
+        inside = (ids >= 0) & (ids < len(lookup))
+        return torch.where(inside, lookup[ids.clamp(0, max(len(lookup) - 1, 0))], -1)
+
+
+@torch.no_grad()
+def mean_head_outputs(
+    model: Any,
+    traces: Trace | Sequence[Trace],
+    heads: Iterable[Head | tuple[int, int] | str],
+    *,
+    positions: Positions = "answer",
+    by: MeanBy | None = None,
+    fallback: Fallback = "refuse",
+    batch_size: int = 16,
+    progress: bool | None = None,
+) -> HeadMeans:
+    """Each head's mean ``hook_z`` output over the chosen positions of reference ``traces``.
+
+    Args:
+        model: a ``TransformerBridge``.
+        traces: the reference traces (e.g. held-out traces of the same task).
+        heads: ``Head`` objects, ``(layer, head)`` pairs or names such as ``"L3H4"``.
+        positions: what to average over. ``by="segment_offset"`` and ``by="token"`` need a
+            segment name (default ``"answer"``).
+        by: ``"pooled"``: one ``[d_head]`` mean over all those positions (every position
+            counts once); ``"segment_offset"``: one mean per offset of the segment;
+            ``"token"``: one mean per token id in the segment. See the module docstring for
+            when each is right. Not giving it warns and pools (the old behaviour).
+        fallback: what a position the means do not cover gets when the intervention runs:
+            ``"refuse"`` (raise) or ``"pooled"`` (the pooled mean).
+        batch_size: traces per forward pass.
+        progress: progress bars (default: more than one batch).
+
+    Returns:
+        A :class:`HeadMeans`; ``means[head]`` is the head's ``[d_head]`` (pooled) or
+        ``[row, d_head]`` tensor.
+    """
+    if by is None:
+        warnings.warn(
+            "mean_head_outputs without by=: pooling one mean over every position "
+            "(by='pooled'). One vector written into every position breaks fixed templates "
+            "(an answer such as 'The answer is N.'); pass by='segment_offset' for one mean per "
+            "offset of the segment, by='token' for one per token, or by='pooled' to keep this",
+            UserWarning,
+            stacklevel=3,  # past torch.no_grad's wrapper, to the caller
+        )
+        by = "pooled"
+    check_option(by, MeanBy, "by")
+    check_option(fallback, Fallback, "fallback")
+    if by != "pooled" and not isinstance(positions, str):
+        raise ValueError(
+            f"by={by!r} averages within one segment; pass positions= a segment name such as "
+            f"'answer', got {positions!r}"
+        )
+    trace_list = as_traces(traces)
+    check_traces(model, trace_list, what="mean_head_outputs")
+    chosen = as_heads(heads)
+    d_head = int(model.cfg.d_head)
+    layers = sorted({h.layer for h in chosen})
+
+    def row_keys_of(batch: Sequence[Trace], tokens: Tensor, mask: Tensor) -> Tensor:
+        """Per chosen position: its offset in the segment, or its token id (pooled: 0)."""
+        if by == "segment_offset":
+            assert isinstance(positions, str)
+            starts = torch.tensor([t[positions].start for t in batch])
+            return (torch.arange(tokens.shape[1])[None, :] - starts[:, None])[mask]
+        if by == "token":
+            return tokens[mask]
+        return torch.zeros(int(mask.sum()), dtype=torch.long)
+
+    # the rows (offsets 0..n-1, token ids, or one pooled row), known before any model run
+    seen: set[int] = set()
+    for _, batch in batches(trace_list, batch_size, desc="", progress=False):
+        tokens, valid = pad_traces(batch)
+        mask = position_mask(batch, positions, tokens.shape[1]) & valid.bool()
+        seen.update(row_keys_of(batch, tokens, mask).tolist())
+    if not seen:
+        raise ValueError(f"no positions selected by {positions!r} in the reference traces")
+    keys = sorted(seen)
+    lookup = torch.full((keys[-1] + 1,), -1, dtype=torch.long)
+    lookup[keys] = torch.arange(len(keys))
+    sums = {h: torch.zeros(len(keys), d_head) for h in chosen}
+    counts = torch.zeros(len(keys), dtype=torch.long)
+    current: dict[str, Tensor] = {}
+
+    def grab(z: Tensor, *, hook: Any) -> None:
+        layer = hook_layer(hook)
+        where, rows = current["mask"].to(z.device), current["rows"]
+        for h in chosen:
+            if h.layer == layer:
+                sums[h].index_add_(0, rows, z[:, :, h.head][where].float().cpu())
+
+    for _, batch in batches(trace_list, batch_size, desc="mean head outputs", progress=progress):
+        tokens, valid = pad_traces(batch)
+        mask = position_mask(batch, positions, tokens.shape[1]) & valid.bool()
+        rows = lookup[row_keys_of(batch, tokens, mask)]
+        counts += torch.bincount(rows, minlength=len(keys))
+        current.update(mask=mask, rows=rows)
+        model.run_with_hooks(
+            tokens.to(model.cfg.device),
+            attention_mask=valid.to(model.cfg.device) if len(batch) > 1 else None,
+            return_type=None,
+            fwd_hooks=[(act_name("z", layer), grab) for layer in layers],
+        )
+    total = counts.sum()
+    pooled = {h: s.sum(0) / total for h, s in sums.items()}
+    if by == "pooled":
+        return HeadMeans(by, positions, pooled, pooled, counts, (), fallback)
+    if by == "segment_offset":  # every trace covers offsets 0..its length - 1
+        assert keys == list(range(len(keys)))
+    values = {h: s / counts[:, None] for h, s in sums.items()}
+    token_ids = tuple(keys) if by == "token" else ()
+    return HeadMeans(by, positions, values, pooled, counts, token_ids, fallback)
+
+
+# ----------------------------------------------------------------------------- intervention
+
+
 @dataclass(frozen=True)
 class HeadIntervention:
     """Heads, an action and where it applies.
@@ -91,10 +507,14 @@ class HeadIntervention:
         action: ``"zero"``, ``"mean"``, ``"scale"``, ``"patch"``, ``"resample"``, ``"knockout"``.
         positions: where ``zero``/``mean``/``scale``/``patch``/``resample`` act: a segment
             name, a ``Segment``, token indices, or ``None`` (all positions).
-        means: for ``"mean"``: ``{Head: [d_head] tensor}``, from :func:`mean_head_outputs`.
+        means: for ``"mean"``: a :class:`HeadMeans` from :func:`mean_head_outputs` (or a plain
+            ``{Head: [d_head] tensor}``, used as a pooled mean).
         scale: for ``"scale"``: the factor.
-        source: for ``"patch"``/``"resample"``: ``{Head: [batch, pos, d_head] tensor}`` from
-            :func:`capture_head_outputs` on the source inputs (row i patches batch row i).
+        source: for ``"patch"``/``"resample"``: a :class:`HeadOutputs` from
+            :func:`capture_head_outputs` on the source inputs.
+        align: for ``"patch"``/``"resample"``: ``"segment"`` (default: target segment s,
+            offset i ← source segment s, offset i) or ``"absolute"`` (position p ← p, for
+            pairs of equal length). Positions without a counterpart are refused.
         query, key: for ``"knockout"``: segment names; ``query`` rows lose ``key`` keys.
 
     An argument the action does not use is refused (``ValueError``), not ignored.
@@ -103,9 +523,10 @@ class HeadIntervention:
     heads: tuple[Head, ...]
     action: Action
     positions: Positions = None
-    means: dict[Head, Tensor] | None = None
+    means: HeadMeans | dict[Head, Tensor] | None = None
     scale: float | None = None
-    source: dict[Head, Tensor] | None = None
+    source: HeadOutputs | None = None
+    align: Align | None = None
     query: str | None = None
     key: str | None = None
 
@@ -115,9 +536,10 @@ class HeadIntervention:
         action: Action,
         *,
         positions: Positions = None,
-        means: dict[Head, Tensor] | None = None,
+        means: HeadMeans | dict[Head, Tensor] | None = None,
         scale: float | None = None,
-        source: dict[Head, Tensor] | None = None,
+        source: HeadOutputs | None = None,
+        align: Align | None = None,
         query: str | None = None,
         key: str | None = None,
     ) -> None:
@@ -132,6 +554,7 @@ class HeadIntervention:
             "means": means is not None,
             "scale": scale is not None,
             "source": source is not None,
+            "align": align is not None,
             "query": query is not None,
             "key": key is not None,
         }
@@ -139,8 +562,8 @@ class HeadIntervention:
             "zero": {"positions"},
             "mean": {"positions", "means"},
             "scale": {"positions", "scale"},
-            "patch": {"positions", "source"},
-            "resample": {"positions", "source"},
+            "patch": {"positions", "source", "align"},
+            "resample": {"positions", "source", "align"},
             "knockout": {"query", "key"},
         }[action]
         ignored = [name for name, present in given.items() if present and name not in uses]
@@ -167,6 +590,22 @@ class HeadIntervention:
                     f"action={action!r} needs values for {missing}; compute them with "
                     f"rc.{helper}(model, traces, heads) and pass {name}=..."
                 )
+        if source is not None and not isinstance(source, HeadOutputs):
+            raise TypeError(
+                f"source must be the HeadOutputs of rc.capture_head_outputs(model, sources, "
+                f"heads), got a {type(source).__name__}: it carries the source traces' "
+                "segments, which say which source position patches which target position"
+            )
+        if action in ("patch", "resample"):
+            align = align or "segment"
+            check_option(align, Align, "align")
+            assert source is not None
+            source.check_paired()
+        if isinstance(means, HeadMeans) and means.by != "pooled" and positions is None:
+            raise ValueError(
+                f"these means are per {means.by.replace('_', ' ')} of {means.positions!r} and "
+                f"cover only that segment; pass positions={means.positions!r}"
+            )
         if action == "scale" and scale is None:
             raise ValueError("action='scale' needs scale=, the factor (e.g. scale=0.5)")
         if action == "knockout" and (query is None or key is None):
@@ -180,6 +619,7 @@ class HeadIntervention:
         object.__setattr__(self, "means", means)
         object.__setattr__(self, "scale", None if scale is None else float(scale))
         object.__setattr__(self, "source", source)
+        object.__setattr__(self, "align", align)
         object.__setattr__(self, "query", query)
         object.__setattr__(self, "key", key)
 
@@ -195,7 +635,8 @@ class HeadIntervention:
 
         ``width`` is the padded batch length (default: the longest trace). ``offset``: the
         hooked run covers positions ``offset, offset + 1, ...`` of the traces, as in a
-        KV-cached generation step (see :mod:`reasoning_circuits.generation`).
+        KV-cached generation step (see :mod:`reasoning_circuits.generation`). Positions that
+        the source or the means do not cover are refused when a run reaches them.
         """
         trace_list = as_traces(traces)
         check_model(model)
@@ -210,51 +651,230 @@ class HeadIntervention:
         for head in self.heads:
             by_layer.setdefault(head.layer, []).append(head)
         if self.action == "knockout":
-            assert self.query is not None and self.key is not None
-            rows = position_mask(trace_list, self.query, width)
-            keys = position_mask(trace_list, self.key, width)
-            blocked = rows[:, :, None] & keys[:, None, :]  # [batch, query, key]
-            return [
-                (act_name("attn_scores", layer), self._knockout(heads, blocked, offset))
-                for layer, heads in by_layer.items()
-            ]
+            return self._knockout_hooks(trace_list, width, offset, by_layer)
         mask = position_mask(trace_list, self.positions, width)
-        return [
-            (act_name("z", layer), self._hook(heads, mask, offset))
+        writer = self._writer(trace_list, mask, width)
+        hooks: list[Hook] = []
+        state: dict[str, Tensor] = {}
+        if isinstance(self.means, HeadMeans) and self.means.by == "token":
+
+            def record_ids(ids: Tensor, *, hook: Any) -> None:
+                state["ids"] = ids
+
+            hooks.append(("embed.hook_in", record_ids))
+        hooks += [
+            (act_name("z", layer), self._hook(heads, mask, offset, writer, state))
             for layer, heads in by_layer.items()
         ]
+        return hooks
 
-    def _hook(self, heads: list[Head], mask: Tensor, offset: int) -> Callable[..., Tensor]:
+    # -- what each action writes: fn(head, current [batch, pos, d_head], run, state) -> new
+    def _writer(
+        self, traces: list[Trace], mask: Tensor, width: int
+    ) -> Callable[[Head, Tensor, slice, dict[str, Tensor]], Tensor]:
+        if self.action == "zero":
+            return lambda head, current, run, state: torch.zeros_like(current)
+        if self.action == "scale":
+            assert self.scale is not None
+            factor = self.scale
+            return lambda head, current, run, state: current * factor
+        if self.action in ("patch", "resample"):
+            return self._patch_writer(traces, mask, width)
+        return self._mean_writer(traces, mask, width)
+
+    def _patch_writer(
+        self, traces: list[Trace], mask: Tensor, width: int
+    ) -> Callable[[Head, Tensor, slice, dict[str, Tensor]], Tensor]:
+        assert self.source is not None
+        source = self.source
+        rows = source.rows_for(traces)
+        index = torch.zeros(len(traces), width, dtype=torch.long)  # source position
+        for r, (trace, row) in enumerate(zip(traces, rows)):
+            other = source.traces[row]
+            if self.align == "absolute":
+                where = torch.arange(len(trace))
+                index[r, : len(trace)] = torch.where(where < len(other), where, -1)
+                continue
+            kinds, offsets = _segment_frame(trace)
+            starts = [other[name].start for name in SEGMENT_NAMES]
+            lengths = [len(other[name]) for name in SEGMENT_NAMES]
+            index[r, : len(trace)] = torch.tensor(
+                [
+                    starts[k] + i if i < lengths[k] else -1
+                    for k, i in zip(kinds, offsets, strict=True)
+                ],
+                dtype=torch.long,
+            )
+
+        def explain(r: int, p: int) -> str:
+            trace, row = traces[r], rows[r]
+            other = source.traces[row]
+            where = describe_trace(trace, r)
+            there = describe_trace(other, row).replace("trace", "source trace", 1)
+            if self.align == "absolute":
+                return (
+                    f"{self.action}: position {p} of {where} is past the end of {there}; "
+                    "use a source at least as long, restrict positions=, or align by segment"
+                )
+            kinds, offsets = _segment_frame(trace)
+            name = SEGMENT_NAMES[kinds[p]]
+            return (
+                f"{self.action}: {name} offset {offsets[p]} (position {p}) of {where} has no "
+                f"counterpart in {there}: its {name} has {len(other[name])} tokens, the "
+                f"target's {len(trace[name])}. Use a source whose {name} is at least as long, "
+                "restrict positions= to offsets it has (during generation: lower "
+                "max_new_tokens or pass stop=), or align='absolute' for equal-length pairs"
+            )
+
+        row_index = torch.tensor(rows)
+
+        def write(head: Head, current: Tensor, run: slice, state: dict[str, Tensor]) -> Tensor:
+            wanted, where = index[:, run], mask[:, run]
+            bad = (wanted < 0) & where
+            if bad.any():
+                r, p = (int(x) for x in bad.nonzero()[0])
+                raise PairAlignmentError(explain(r, p + run.start))
+            values = source.values[head][row_index[:, None], wanted.clamp(min=0)]
+            return values.to(current)
+
+        return write
+
+    def _mean_writer(
+        self, traces: list[Trace], mask: Tensor, width: int
+    ) -> Callable[[Head, Tensor, slice, dict[str, Tensor]], Tensor]:
+        assert self.means is not None
+        means = self.means
+        if not isinstance(means, HeadMeans) or means.by == "pooled":
+            pooled = means.pooled if isinstance(means, HeadMeans) else means
+            return lambda head, current, run, state: pooled[head].to(current).expand_as(current)
+        segment = str(means.positions)
+        inside = position_mask(traces, segment, width)
+        outside = mask & ~inside
+        if outside.any():
+            r, p = (int(x) for x in outside.nonzero()[0])
+            raise ValueError(
+                f"the means are per {means.by.replace('_', ' ')} of {segment!r}, but the "
+                f"intervention's positions include position {p} of "
+                f"{describe_trace(traces[r], r)}, outside that segment; restrict positions= "
+                f"to {segment!r} or compute means for the other positions"
+            )
+        starts = torch.tensor([t[segment].start for t in traces])
+        offsets = torch.arange(width)[None, :] - starts[:, None]  # [batch, width]
+
+        def write(head: Head, current: Tensor, run: slice, state: dict[str, Tensor]) -> Tensor:
+            where = mask[:, run].to(current.device)
+            if means.by == "segment_offset":
+                rows = offsets[:, run].to(current.device)
+                rows = torch.where(rows < len(means.counts), rows, -1)
+                what = "offset"
+            else:
+                if "ids" not in state:
+                    raise RuntimeError(
+                        "by='token' means need the input ids, but embed.hook_in did not fire "
+                        "before the attention; run the model on token ids"
+                    )
+                rows = means.rows_of_tokens(state["ids"].to(current.device))
+                what = "token"
+            missing = (rows < 0) & where
+            if missing.any() and means.fallback == "refuse":
+                r, p = (int(x) for x in missing.nonzero()[0])
+                position = p + run.start
+                detail = (
+                    f"{segment} offset {position - int(starts[r])}; the reference traces' "
+                    f"{segment} has at most {len(means.counts)} tokens"
+                    if what == "offset"
+                    else f"token id {int(state['ids'][r, p])}, which the reference traces' "
+                    f"{segment} never holds"
+                )
+                raise ValueError(
+                    f"mean ablation at position {position} of {describe_trace(traces[r], r)}: "
+                    f"no mean for {detail}. Use more (or longer) reference traces, restrict "
+                    "positions= (during generation: lower max_new_tokens or pass stop=), or "
+                    "compute the means with fallback='pooled'"
+                )
+            table = means.values[head].to(current)
+            new = table[rows.clamp(min=0)]
+            fallback = means.pooled[head].to(current)
+            return torch.where((rows < 0)[..., None], fallback, new)
+
+        return write
+
+    def _hook(
+        self,
+        heads: list[Head],
+        mask: Tensor,
+        offset: int,
+        writer: Callable[[Head, Tensor, slice, dict[str, Tensor]], Tensor],
+        state: dict[str, Tensor],
+    ) -> Callable[..., Tensor]:
         def hook_fn(z: Float[Tensor, "batch pos head d_head"], *, hook: Any) -> Tensor:
-            where = mask[:, offset : offset + z.shape[1]].to(z.device)
+            run = slice(offset, offset + z.shape[1])
+            where = mask[:, run].to(z.device)
             z = z.clone()
             for head in heads:
                 current = z[:, :, head.head]
-                if self.action == "zero":
-                    new = torch.zeros_like(current)
-                elif self.action == "mean":
-                    assert self.means is not None
-                    new = self.means[head].to(current).expand_as(current)
-                elif self.action in ("patch", "resample"):
-                    assert self.source is not None
-                    new = _fit(self.source[head], current, offset)
-                else:
-                    assert self.scale is not None
-                    new = current * self.scale
+                new = writer(head, current, run, state)
                 z[:, :, head.head] = torch.where(where[..., None], new, current)
             return z
 
         return hook_fn
 
-    def _knockout(self, heads: list[Head], blocked: Tensor, offset: int) -> Callable[..., Tensor]:
+    def _knockout_hooks(
+        self, traces: list[Trace], width: int, offset: int, by_layer: dict[int, list[Head]]
+    ) -> list[Hook]:
+        assert self.query is not None and self.key is not None
+        rows = position_mask(traces, self.query, width)
+        keys = position_mask(traces, self.key, width)
+        causal = torch.ones(width, width, dtype=torch.bool).tril()  # key <= query
+        blocked = rows[:, :, None] & keys[:, None, :] & causal  # [batch, query, key]
+        # a row with every visible key (0..q) blocked has nothing left to read
+        empty = rows & keys.long().cumprod(dim=1).bool()
+        if empty.any():
+            where = [
+                f"{describe_trace(t, r)}: {int(empty[r].sum())}"
+                for r, t in enumerate(traces)
+                if empty[r].any()
+            ]
+            warnings.warn(
+                f"knockout {self.query!r} → {self.key!r}: {int(empty.sum())} query rows have "
+                f"every key they can see in {self.key!r} ({'; '.join(where)}); the head reads "
+                "nothing there, so its output at those rows is zero",
+                UserWarning,
+                stacklevel=3,
+            )
+        hooks: list[Hook] = []
+        for layer, heads in by_layer.items():
+            hooks.append((act_name("attn_scores", layer), self._block(heads, blocked, offset)))
+            if empty.any():
+                hooks.append((act_name("pattern", layer), self._silence(heads, empty, offset)))
+        return hooks
+
+    @staticmethod
+    def _block(heads: list[Head], blocked: Tensor, offset: int) -> Callable[..., Tensor]:
         def hook_fn(scores: Float[Tensor, "batch head query key"], *, hook: Any) -> Tensor:
             queries, keys = scores.shape[-2:]
             where = blocked[:, offset : offset + queries, :keys].to(scores.device)
+            # the causal mask, re-applied whatever the model did before this hook
+            query_pos = torch.arange(offset, offset + queries, device=scores.device)
+            future = torch.arange(keys, device=scores.device)[None, :] > query_pos[:, None]
+            where = where | future
             scores = scores.clone()
             floor = torch.finfo(scores.dtype).min
             for head in heads:
                 scores[:, head.head] = scores[:, head.head].masked_fill(where, floor)
             return scores
+
+        return hook_fn
+
+    @staticmethod
+    def _silence(heads: list[Head], empty: Tensor, offset: int) -> Callable[..., Tensor]:
+        def hook_fn(pattern: Float[Tensor, "batch head query key"], *, hook: Any) -> Tensor:
+            queries = pattern.shape[-2]
+            rows = empty[:, offset : offset + queries].to(pattern.device)
+            pattern = pattern.clone()
+            for head in heads:
+                pattern[:, head.head] = pattern[:, head.head].masked_fill(rows[..., None], 0.0)
+            return pattern
 
         return hook_fn
 
@@ -299,102 +919,3 @@ class HeadIntervention:
                 handle.hook.remove()
             for point in model.hook_dict.values():
                 point.fwd_hooks = [h for h in point.fwd_hooks if h not in handles]
-
-
-def _fit(source: Tensor, current: Tensor, offset: int = 0) -> Tensor:
-    """The source values for the rows and positions of ``current`` (``[batch, pos, d_head]``,
-    covering positions ``offset...``); zeros past the end of the source."""
-    batch, width = current.shape[:2]
-    width += offset
-    if source.shape[0] != batch and source.shape[0] != 1:
-        raise ValueError(
-            f"the patch source has {source.shape[0]} rows but the batch has {batch}; capture "
-            "the source from as many inputs as are patched (or from one, for all of them)"
-        )
-    if source.shape[1] < width:
-        pad = torch.zeros(source.shape[0], width - source.shape[1], source.shape[2])
-        source = torch.cat([source, pad.to(source)], dim=1)
-    return source[:, offset:width].to(current).expand(batch, -1, -1)
-
-
-@torch.no_grad()
-def capture_head_outputs(
-    model: Any,
-    traces: Trace | Sequence[Trace],
-    heads: Iterable[Head | tuple[int, int] | str],
-    *,
-    batch_size: int = 8,
-    progress: bool | None = None,
-) -> dict[Head, Float[Tensor, "batch pos d_head"]]:
-    """Each head's ``hook_z`` output on ``traces``: row i is ``traces[i]``, right-padded with
-    zeros to the longest trace. ``batch_size`` traces run per forward pass."""
-    trace_list = as_traces(traces)
-    check_traces(model, trace_list, what="capture_head_outputs")
-    chosen = as_heads(heads)
-    width = max(map(len, trace_list))
-    out = {h: torch.zeros(len(trace_list), width, int(model.cfg.d_head)) for h in chosen}
-    current: dict[str, Any] = {}
-
-    def grab(z: Tensor, *, hook: Any) -> None:
-        layer = hook_layer(hook)
-        valid, indices = current["valid"].to(z), current["indices"]
-        for h in chosen:
-            if h.layer == layer:
-                values = (z[:, :, h.head] * valid[..., None]).detach().float().cpu()
-                out[h][indices, : values.shape[1]] = values
-
-    layers = sorted({h.layer for h in chosen})
-    for indices, chunk in batches(trace_list, batch_size, desc="head outputs", progress=progress):
-        tokens, valid = pad_traces(chunk)
-        current.update(valid=valid, indices=torch.tensor(indices))
-        model.run_with_hooks(
-            tokens.to(model.cfg.device),
-            attention_mask=valid.to(model.cfg.device) if len(chunk) > 1 else None,
-            return_type=None,
-            fwd_hooks=[(act_name("z", layer), grab) for layer in layers],
-        )
-    return out
-
-
-@torch.no_grad()
-def mean_head_outputs(
-    model: Any,
-    traces: Trace | Sequence[Trace],
-    heads: Iterable[Head | tuple[int, int] | str],
-    *,
-    positions: Positions = "answer",
-    batch_size: int = 16,
-    progress: bool | None = None,
-) -> dict[Head, Float[Tensor, " d_head"]]:
-    """Each head's mean ``hook_z`` output over the chosen positions of ``traces``.
-
-    Every position counts once (positions of all traces pooled).
-    """
-    trace_list = as_traces(traces)
-    check_traces(model, trace_list, what="mean_head_outputs")
-    chosen = as_heads(heads)
-    sums = {h: torch.zeros(int(model.cfg.d_head)) for h in chosen}
-    layers = sorted({h.layer for h in chosen})
-    current: dict[str, Tensor] = {}  # the batch's position mask, read by the hook
-
-    def grab(z: Tensor, *, hook: Any) -> None:
-        layer = hook_layer(hook)
-        where = current["mask"].to(z.device)
-        for h in chosen:
-            if h.layer == layer:
-                sums[h] += z[:, :, h.head][where].float().sum(0).cpu()
-
-    count = 0
-    for _, batch in batches(trace_list, batch_size, desc="mean head outputs", progress=progress):
-        tokens, valid = pad_traces(batch)
-        current["mask"] = position_mask(batch, positions, tokens.shape[1]) & valid.bool()
-        count += int(current["mask"].sum())
-        model.run_with_hooks(
-            tokens.to(model.cfg.device),
-            attention_mask=valid.to(model.cfg.device) if len(batch) > 1 else None,
-            return_type=None,
-            fwd_hooks=[(act_name("z", layer), grab) for layer in layers],
-        )
-    if count == 0:
-        raise ValueError(f"no positions selected by {positions!r} in the reference traces")
-    return {h: s / count for h, s in sums.items()}

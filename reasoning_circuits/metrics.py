@@ -2,8 +2,10 @@
 
 * :func:`logit_diff`: ``logit[pos, a] - logit[pos, b]``, the usual patching metric.
 * :func:`normalized_logit_diff`: ``(LD_patched - LD_corr) / (LD_clean - LD_corr)``; 0 = no
-  effect, 1 = full recovery. When clean and corrupted barely differ the ratio is noise: below
-  ``min_gap`` it is NaN and a warning says how many such cases there were.
+  effect, 1 = full recovery. When clean and corrupted barely differ the ratio is noise: where
+  the gap is below ``rel_tol`` of the logit differences' own size it is NaN and a warning
+  says how many such cases there were. :func:`pair_filter` keeps only pairs whose answer
+  flips (R2A: ``LD_clean > margin`` and ``LD_corr < -margin``).
 * :func:`answer_logprob`: the log-probability of the answer tokens given everything before
   them (teacher-forced), summed over the answer, in nats. Works batched.
 * :func:`answer_kl`: the mean over answer positions of KL(p_before ‖ p_after) between the
@@ -26,7 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from reasoning_circuits._hooks import Intervention
@@ -40,6 +42,7 @@ __all__ = [
     "batch_logits",
     "logit_diff",
     "normalized_logit_diff",
+    "pair_filter",
 ]
 
 TraceMetric = Callable[..., Float[np.ndarray, " trace"]]
@@ -151,25 +154,61 @@ def normalized_logit_diff(
     clean: Float[np.ndarray, "..."] | float,
     corrupted: Float[np.ndarray, "..."] | float,
     *,
-    min_gap: float = 1e-3,
-) -> np.ndarray:
-    """``(patched - corrupted) / (clean - corrupted)``; NaN (with a warning) where
-    ``|clean - corrupted| < min_gap``."""
+    rel_tol: float = 0.05,
+) -> Float[np.ndarray, "..."]:
+    """``(patched - corrupted) / (clean - corrupted)``: 0 no effect, 1 full recovery.
+
+    The ratio is only meaningful when clean and corrupted clearly differ. Where
+    ``|clean - corrupted| < rel_tol * max(|clean|, |corrupted|, 1)`` it is NaN, with a
+    warning that counts such entries: a gap of 0.002 would turn a shift of 0.01 into "500%
+    recovery". The threshold scales with the logit differences themselves (a gap of 0.2
+    between 10.0 and 9.8 is as fragile as one of 0.002 near 0); the 1 sets a floor of
+    ``rel_tol`` logits near zero. To keep only pairs where the answer really flips, filter
+    them first with :func:`pair_filter`. Inputs broadcast; the result has their shape.
+    """
+    if not (np.isfinite(rel_tol) and rel_tol >= 0):
+        raise ValueError(f"rel_tol must be a finite number >= 0, got {rel_tol}")
     patched_, clean_, corrupted_ = np.broadcast_arrays(
         np.asarray(patched, float), np.asarray(clean, float), np.asarray(corrupted, float)
     )
     gap = clean_ - corrupted_
-    small = np.abs(gap) < min_gap
+    scale = np.maximum(np.maximum(np.abs(clean_), np.abs(corrupted_)), 1.0)
+    small = ~(np.abs(gap) >= rel_tol * scale)  # NaN inputs count as too small
     if small.any():
         warnings.warn(
-            f"{int(small.sum())} of {small.size} normalised logit differences are NaN: clean and "
-            f"corrupted differ by less than {min_gap} there, so the ratio would be noise. Choose "
-            "pairs where the answer flips, or lower min_gap",
+            f"{int(small.sum())} of {small.size} normalised logit differences are NaN: there "
+            f"|clean - corrupted| < {rel_tol} × max(|clean|, |corrupted|, 1), so the ratio "
+            "would be noise. Keep pairs where the answer flips (rc.metrics.pair_filter), or "
+            "lower rel_tol",
             RuntimeWarning,
             stacklevel=2,
         )
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(small, np.nan, (patched_ - corrupted_) / np.where(small, 1.0, gap))
+
+
+def pair_filter(
+    clean_ld: Float[np.ndarray, "..."] | float,
+    corrupted_ld: Float[np.ndarray, "..."] | float,
+    *,
+    margin: float,
+) -> Bool[np.ndarray, "..."]:
+    """R2A's filter of clean/corrupted pairs: ``clean_ld > margin`` and
+    ``corrupted_ld < -margin``.
+
+    ``clean_ld`` and ``corrupted_ld`` are the logit difference ``logit[clean answer] -
+    logit[corrupted answer]`` on the clean and on the corrupted run; ``margin`` is in the
+    same units (logits). A pair passes when the clean run clearly prefers the clean answer and the
+    corrupted run clearly prefers the corrupted one, so the answer flips and the normalised
+    score of :func:`normalized_logit_diff` has a denominator of at least ``2 * margin``.
+    Returns a boolean mask of the broadcast shape (NaN fails).
+    """
+    if not (np.isfinite(margin) and margin >= 0):
+        raise ValueError(f"margin must be a finite number >= 0 (in logits), got {margin}")
+    clean_, corrupted_ = np.broadcast_arrays(
+        np.asarray(clean_ld, float), np.asarray(corrupted_ld, float)
+    )
+    return (clean_ > margin) & (corrupted_ < -margin)
 
 
 def _answer_positions(trace: Trace) -> tuple[int, int]:

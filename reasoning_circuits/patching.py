@@ -123,9 +123,11 @@ class PatchSweep:
             f"{self.corrupted:+.3g}, patched {span})"
         )
 
-    def normalized(self, *, min_gap: float = 1e-3) -> np.ndarray:
-        """``(values - corrupted) / (clean - corrupted)``: 0 no effect, 1 full recovery."""
-        return normalized_logit_diff(self.values, self.clean, self.corrupted, min_gap=min_gap)
+    def normalized(self, *, rel_tol: float = 0.05) -> np.ndarray:
+        """``(values - corrupted) / (clean - corrupted)``: 0 no effect, 1 full recovery; all
+        NaN (with a warning) when ``|clean - corrupted| < rel_tol * max(|clean|,
+        |corrupted|, 1)`` (see :func:`~reasoning_circuits.metrics.normalized_logit_diff`)."""
+        return normalized_logit_diff(self.values, self.clean, self.corrupted, rel_tol=rel_tol)
 
     def to_frame(self) -> pd.DataFrame:
         """Long format: one row per patch with its labels, ``value`` and ``normalized``."""

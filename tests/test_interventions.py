@@ -49,14 +49,14 @@ def test_scale_one_and_mean_of_itself_change_nothing(gpt2, traces):
     torch.testing.assert_close(scaled, zero)
     # the mean over a single position is that position's own output: no change
     last = len(trace) - 1
-    means = rc.mean_head_outputs(gpt2, [trace], [(1, 3)], positions=[last])
+    means = rc.mean_head_outputs(gpt2, [trace], [(1, 3)], positions=[last], by="pooled")
     out = run(gpt2, [trace], HeadIntervention([(1, 3)], "mean", positions=[last], means=means))
     torch.testing.assert_close(out, base, atol=1e-5, rtol=1e-5)
 
 
 def test_mean_outputs_pool_positions(gpt2, traces):
     head = Head(0, 0)
-    means = rc.mean_head_outputs(gpt2, traces, [head], positions="answer")
+    means = rc.mean_head_outputs(gpt2, traces, [head], positions="answer", by="pooled")
     values = []
     for trace in traces:
         _, cache = gpt2.run_with_cache(trace.tokens)
@@ -83,15 +83,21 @@ def test_bad_input_messages(gpt2, traces):
 
 
 def test_patch_makes_the_head_output_equal_the_source_and_nothing_else(gpt2, traces):
+    """Patching the reasoning writes the source's reasoning, offset by offset (the source's
+    reasoning is longer and starts at the same position here; the answers are not patched)."""
     target, source = traces
     head = Head(1, 2)
     captured = rc.capture_head_outputs(gpt2, source, [head])
     _, before = gpt2.run_with_cache(target.tokens)
-    with HeadIntervention([head], "patch", source=captured).apply(gpt2, target):
+    iv = HeadIntervention([head], "patch", source=captured, positions="reasoning")
+    with iv.apply(gpt2, target):
         _, after = gpt2.run_with_cache(target.tokens)
     z, z0 = after["blocks.1.attn.hook_z"][0], before["blocks.1.attn.hook_z"][0]
-    n = min(len(target), len(source))
-    torch.testing.assert_close(z[:n, head.head], captured[head][0, :n])
+    mine, theirs = target["reasoning"], source["reasoning"]
+    assert len(theirs) > len(mine)
+    expected = captured[head][0, theirs.start : theirs.start + len(mine)]
+    torch.testing.assert_close(z[mine.slice, head.head], expected)
+    torch.testing.assert_close(z[: mine.start], z0[: mine.start])  # before it: untouched
     others = [h for h in range(gpt2.cfg.n_heads) if h != head.head]
     torch.testing.assert_close(z[:, others], z0[:, others])  # same layer, other heads: untouched
     torch.testing.assert_close(after["blocks.0.attn.hook_z"], before["blocks.0.attn.hook_z"])
@@ -164,8 +170,9 @@ def test_resample_and_composition(gpt2, traces):
     target, other = traces
     head = Head(1, 1)
     source = rc.capture_head_outputs(gpt2, other, [head])
-    patched = run(gpt2, [target], HeadIntervention([head], "patch", source=source))
-    resampled = run(gpt2, [target], HeadIntervention([head], "resample", source=source))
+    patch = HeadIntervention([head], "patch", source=source, positions="reasoning")
+    resample = HeadIntervention([head], "resample", source=source, positions="reasoning")
+    patched, resampled = run(gpt2, [target], patch), run(gpt2, [target], resample)
     torch.testing.assert_close(resampled, patched)
     # two interventions compose: hooks concatenate, context managers nest
     a = HeadIntervention([(0, 0)], "zero", positions="answer")
