@@ -52,6 +52,8 @@ from reasoning_circuits.heads import (
 )
 from reasoning_circuits.interventions import (
     HeadIntervention,
+    HeadMeans,
+    HeadOutputs,
     capture_head_outputs,
     mean_head_outputs,
 )
@@ -72,6 +74,8 @@ __all__ = [
     "FitInfo",
     "Head",
     "HeadIntervention",
+    "HeadMeans",
+    "HeadOutputs",
     "HeadRanking",
     "ModelLoadError",
     "PairAlignmentError",

@@ -183,7 +183,7 @@ def test_ablating_its_reasoning_heads_costs_more_log_prob_than_random_heads(reas
     problems = rc.organism.make_problems(30, seed=12, split="heldout")
     traces = [rc.Trace.from_ids(g.ids, reasoner.tokenizer) for g in generate(reasoner, problems)]
     heads = [rc.Head(layer, head) for layer in range(4) for head in range(8)]
-    means = rc.mean_head_outputs(reasoner, traces, heads, positions="answer")
+    means = rc.mean_head_outputs(reasoner, traces, heads, positions="answer", by="pooled")
     top = list(rc.rank_heads(emitting_mass(reasoner, traces)[None], k=3))
     rfh = rc.HeadIntervention(top, "mean", positions="answer", means=means).effect(reasoner, traces)
     rng = random.Random(0)

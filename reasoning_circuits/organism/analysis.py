@@ -276,7 +276,9 @@ def measure(
     a2r = profiles.mean("answer", "reasoning")
     top = rank_heads(profiles, k=3)
     all_heads = [Head(layer, head) for layer in range(a2r.shape[0]) for head in range(a2r.shape[1])]
-    means = mean_head_outputs(model, traces, all_heads, positions="answer", batch_size=50)
+    means = mean_head_outputs(
+        model, traces, all_heads, positions="answer", by="pooled", batch_size=50
+    )
 
     def acc_without(heads: list[Head]) -> float:
         iv = HeadIntervention(heads, "mean", positions="answer", means=means)
