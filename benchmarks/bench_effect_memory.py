@@ -6,8 +6,9 @@ Before batching, ``effect`` and ``metrics.answer_logprob`` ran every trace in on
 traces. Each variant runs in a fresh process and reports its peak resident memory (model
 included):
 
-* ``one_batch``  ``answer_logprob`` on ``batch_size`` traces (one forward pass)
-* ``effect``     ``HeadIntervention(...).effect`` on ``n_traces`` traces (2 × n / batch passes)
+* ``one_batch``  ``HeadIntervention(...).effect`` on ``batch_size`` traces (one batch: two
+  forward passes, without and with the intervention)
+* ``effect``     the same on ``n_traces`` traces (2 × n / batch passes)
 
     python benchmarks/bench_effect_memory.py [--model gpt2_small|gpt2_wide] [--n-traces 100]
         [--tokens 1024] [--batch-size 4]
@@ -53,11 +54,8 @@ def child(variant: str, model_name: str, n: int, tokens: int, batch_size: int) -
     model = _model(model_name)
     traces = _traces(model, n if variant == "effect" else batch_size, tokens)
     start = time.perf_counter()
-    if variant == "one_batch":
-        rc.metrics.answer_logprob(model, traces, batch_size=batch_size, progress=False)
-    else:
-        iv = rc.HeadIntervention(["L0H3", "L1H5"], "zero", positions="answer")
-        iv.effect(model, traces, batch_size=batch_size, progress=False)
+    iv = rc.HeadIntervention(["L0H3", "L1H5"], "zero", positions="answer")
+    iv.effect(model, traces, batch_size=batch_size, progress=False)
     seconds = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(

@@ -14,6 +14,7 @@ Data flows one way::
 """
 
 from reasoning_circuits import (
+    collection,
     datasets,
     effects,
     fitting,
@@ -24,6 +25,7 @@ from reasoning_circuits import (
     pairs,
     patching,
     plotting,
+    prompts,
     reading,
     rows,
     stats,
@@ -91,6 +93,7 @@ __all__ = [
     "TraceFormatError",
     "align_pair",
     "capture_head_outputs",
+    "collection",
     "contrast_heads",
     "datasets",
     "effects",
@@ -110,6 +113,7 @@ __all__ = [
     "plotting",
     "previous_token_scores",
     "probe_pair",
+    "prompts",
     "rank_heads",
     "rank_stability",
     "read_traces",
