@@ -187,25 +187,14 @@ def measure_effect(
         # right/wrong outcomes: Newcombe's paired interval and exact McNemar, which stay
         # honest when nothing flips (0 of 60 flipped is not a [0, 0] interval)
         comparison = stats.paired_binary(before, after, confidence=confidence)
-        d = comparison.difference
-        return Effect(
-            before,
-            after,
-            (d.low, d.high),
-            confidence,
-            d.method,
-            comparison.p_value,
-            name,
-            comparison.tests[0].name,
-        )
-    diff = after - before
-    if np.all(diff == diff[0]):
-        # No spread: no interval follows from the data (stats refuses one). Report the
-        # constant change as a point and no p-value rather than invent a width.
-        change = float(diff[0])
-        method = "none: every trace changed equally"
-        return Effect(before, after, (change, change), confidence, method, np.nan, name, "none")
-    comparison = stats.paired_test(before, after, confidence=confidence, seed=seed)
+    else:
+        diff = after - before
+        if np.all(diff == diff[0]):
+            # No spread: no interval follows from the data (stats refuses one). Report the
+            # constant change as a point and no p-value rather than invent a width.
+            change, method = float(diff[0]), "none: every trace changed equally"
+            return Effect(before, after, (change, change), confidence, method, np.nan, name, "none")
+        comparison = stats.paired_test(before, after, confidence=confidence, seed=seed)
     d = comparison.difference
     return Effect(
         before,
