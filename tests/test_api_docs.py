@@ -57,6 +57,13 @@ MODULES = (
     "reasoning_circuits.patching",
     "reasoning_circuits.plotting",
     "reasoning_circuits.testing",
+    "reasoning_circuits.stats",
+    "reasoning_circuits.grading",
+    "reasoning_circuits.datasets",
+    "reasoning_circuits.rows",
+    "reasoning_circuits.reading",
+    "reasoning_circuits.fitting",
+    "reasoning_circuits.effects",
 )
 """Modules whose public names (``__all__``) must all appear in the document."""
 
@@ -372,10 +379,19 @@ def test_checker_accepts_a_correct_row_and_flags_each_kind_of_difference():
 def test_checker_handles_methods_classmethods_and_function_defaults():
     assert _check("trace.text_of", "segment") == []  # an instance method: no self
     assert _check("AttentionProfile.load", "path") == []
-    # a default that is a function is written by its name
-    sig = inspect.signature(rc.generation.answers_correct)
+    # a default that is not a literal (a function, a class) is written by its name; the
+    # code's one such default today is the class `str` in rc.datasets._field(..., types=str)
+    sig = inspect.signature(rc.datasets._field)
     row = render(list(sig.parameters.values()))
-    assert "grader=same_final_number" in row
-    assert _check("rc.generation.answers_correct", row) == []
+    assert "types=str" in row
+    assert _check("rc.datasets._field", row) == []
+    (wrong,) = _check("rc.datasets._field", row.replace("types=str", "types=int"))
+    assert "`types` defaults to str in the code, here int" in wrong
+    # a function object renders and compares by its name as well
+    grader = rc.generation.same_final_number
+    assert render_default(grader) == "same_final_number"
+    assert _same_default("same_final_number", grader)
+    assert _same_default("rc.generation.same_final_number", grader)
+    assert not _same_default("answers_correct", grader)
     (unknown,) = _check("thing.method", "")
     assert "cannot resolve" in unknown
