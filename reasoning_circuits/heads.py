@@ -28,10 +28,11 @@ import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float
+from tqdm.auto import tqdm
 
 from reasoning_circuits import stats
 from reasoning_circuits._hooks import act_name, hook_layer
-from reasoning_circuits._inputs import check_model
+from reasoning_circuits._inputs import check_batch_size, check_model
 from reasoning_circuits._options import check_option
 from reasoning_circuits._store import load_npz, save_npz
 from reasoning_circuits.errors import ContextLengthError
@@ -459,42 +460,68 @@ def _repeated_tokens(model: Any, seq_len: int, n_sequences: int, seed: int) -> t
 
 
 @torch.no_grad()
-def _diagonal_scores(model: Any, tokens: torch.Tensor, offset: int, first_query: int) -> np.ndarray:
+def _diagonal_scores(
+    model: Any,
+    tokens: torch.Tensor,
+    offset: int,
+    first_query: int,
+    *,
+    batch_size: int,
+    progress: bool | None,
+) -> np.ndarray:
     """Mean over queries q >= first_query of A[q, q - offset], per layer × head."""
+    check_batch_size(batch_size)
     n_layers = int(model.cfg.n_layers)
-    scores = np.zeros((n_layers, int(model.cfg.n_heads)))
+    sums = np.zeros((n_layers, int(model.cfg.n_heads)))
 
     def hook(pattern: torch.Tensor, hook: Any) -> None:
-        layer = hook_layer(hook)
         diagonal = pattern.diagonal(offset=-offset, dim1=-2, dim2=-1)  # [batch, head, pos-offset]
         start = first_query - offset
-        scores[layer] = diagonal[..., start:].float().mean(dim=(0, 2)).cpu().numpy()
+        sums[hook_layer(hook)] += diagonal[..., start:].float().mean(dim=2).sum(0).cpu().numpy()
 
-    model.run_with_hooks(
-        tokens.to(model.cfg.device),
-        return_type=None,
-        fwd_hooks=[(act_name("pattern", layer), hook) for layer in range(n_layers)],
-    )
-    return scores
+    chunks = range(0, len(tokens), batch_size)
+    show = progress if progress is not None else len(chunks) > 1
+    for start in tqdm(chunks, desc="head scores", disable=not show):
+        model.run_with_hooks(
+            tokens[start : start + batch_size].to(model.cfg.device),
+            return_type=None,
+            fwd_hooks=[(act_name("pattern", layer), hook) for layer in range(n_layers)],
+        )
+    return sums / len(tokens)
 
 
 def induction_scores(
-    model: Any, *, seq_len: int = 50, n_sequences: int = 8, seed: int = 0
+    model: Any,
+    *,
+    seq_len: int = 50,
+    n_sequences: int = 8,
+    seed: int = 0,
+    batch_size: int = 8,
+    progress: bool | None = None,
 ) -> Float[np.ndarray, "layer head"]:
     """Induction score per head on ``[BOS] r r`` with ``r`` random tokens of length ``seq_len``.
 
     The score is the mean attention from each token of the second copy to the token right
     after its earlier occurrence (``A[q, q - seq_len + 1]``): 1 for a perfect induction head.
+    ``batch_size`` sequences run per forward pass.
     """
     tokens = _repeated_tokens(model, seq_len, n_sequences, seed)
     offset = seq_len - 1
     first_query = tokens.shape[1] - seq_len
-    return _diagonal_scores(model, tokens, offset, first_query)
+    return _diagonal_scores(
+        model, tokens, offset, first_query, batch_size=batch_size, progress=progress
+    )
 
 
 def previous_token_scores(
-    model: Any, *, seq_len: int = 50, n_sequences: int = 8, seed: int = 0
+    model: Any,
+    *,
+    seq_len: int = 50,
+    n_sequences: int = 8,
+    seed: int = 0,
+    batch_size: int = 8,
+    progress: bool | None = None,
 ) -> Float[np.ndarray, "layer head"]:
     """Mean attention from every token (after the first) to the token before it."""
     tokens = _repeated_tokens(model, seq_len, n_sequences, seed)
-    return _diagonal_scores(model, tokens, 1, 1)
+    return _diagonal_scores(model, tokens, 1, 1, batch_size=batch_size, progress=progress)

@@ -120,7 +120,7 @@ def test_previous_token_score_agrees_with_transformer_lens_detector(gpt2):
     # the first row, which has no previous token: ours = TL * T / (T - 1).
     text = "one two three one two three one two three"
     tokens = gpt2.to_tokens(text)
-    ours = rc.heads._diagonal_scores(gpt2, tokens, 1, 1)
+    ours = rc.heads._diagonal_scores(gpt2, tokens, 1, 1, batch_size=2, progress=False)
     theirs = detect_head(gpt2, text, "previous_token_head").numpy()
     n = tokens.shape[1]
     np.testing.assert_allclose(ours, theirs * n / (n - 1), atol=1e-4)

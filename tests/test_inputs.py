@@ -77,3 +77,11 @@ def test_reprs_are_compact(gpt2, five):
         text = repr(value)
         assert len(text) < 300 and "array" not in text and "\n" not in text, text
     assert "id 4" in repr(profiles[4]) and "… 3 more" in repr(ranking)
+
+
+def test_head_type_scores_do_not_depend_on_the_batch_size(gpt2):
+    whole = rc.induction_scores(gpt2, seq_len=10, n_sequences=5, batch_size=5)
+    parts = rc.induction_scores(gpt2, seq_len=10, n_sequences=5, batch_size=2)
+    assert np.allclose(whole, parts, atol=1e-6)
+    prev = rc.previous_token_scores(gpt2, seq_len=10, n_sequences=5, batch_size=1)
+    assert np.allclose(prev, rc.previous_token_scores(gpt2, seq_len=10, n_sequences=5), atol=1e-6)
