@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import argparse
 import time
+import warnings
 from pathlib import Path
+
+import numpy as np
 
 import reasoning_circuits as rc
 
@@ -52,10 +55,14 @@ def main() -> None:
         profiles = rc.AttentionProfile.compute(model, traces, batch_size=3)
 
     ranking = rc.rank_heads(profiles, query="answer", key="reasoning", k=5)
-    low, high = profiles.ci("answer", "reasoning", simultaneous=True)
-    print("Top reasoning-focused heads (mean answer→reasoning mass over traces, 95% CI):")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # planted heads are exactly constant
+        low, high = profiles.ci("answer", "reasoning", simultaneous=True)
+    print("Top reasoning-focused heads (mean answer→reasoning mass, simultaneous 95% CI):")
     for row in ranking.to_frame().itertuples():
         ci = f"[{low[row.layer, row.head]:.3f}, {high[row.layer, row.head]:.3f}]"
+        if np.isnan(low[row.layer, row.head]):
+            ci = "(the same in every trace: planted)"
         print(f"  {row.rank}. L{row.layer}H{row.head}  {row.score:.3f}  {ci}")
     found = set(ranking[:3]) == set(PLANTED)
     print(f"  planted heads {[str(h) for h in PLANTED]} recovered as the top 3: {found}\n")

@@ -39,6 +39,7 @@ Caveats
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -677,6 +678,15 @@ class ProfileSet(Sequence[AttentionProfile]):
         than 2 values or no spread get NaN. See :func:`reasoning_circuits.stats.family_table`.
         """
         values = self.values(query, key, statistic=statistic)
+        shape = values.shape[1:]
+        values, masked = stats.mask_degenerate_cells(values, confidence=confidence)
+        if masked:
+            warnings.warn(
+                f"{masked} heads have (almost) no spread across traces (e.g. a constant mass); "
+                "no interval can be estimated for them: NaN",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         table = stats.family_table(
             values,
             dims=("layer", "head"),
@@ -686,7 +696,6 @@ class ProfileSet(Sequence[AttentionProfile]):
             nan_policy="omit",
         )
         low, high = ("sim_low", "sim_high") if simultaneous else ("ci_low", "ci_high")
-        shape = values.shape[1:]
         return table[low].to_numpy().reshape(shape), table[high].to_numpy().reshape(shape)
 
     def to_frame(self) -> pd.DataFrame:

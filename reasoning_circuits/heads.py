@@ -394,6 +394,18 @@ def contrast_heads(
         )
     if paired and len(a) != len(b):
         raise ValueError(f"paired=True needs equal sizes, got {len(a)} and {len(b)}")
+    # heads with (almost) no spread of the difference get NaN instead of an unbounded bootstrap
+    delta = a - b if paired else None
+    if delta is not None:
+        masked_delta, masked = stats.mask_degenerate_cells(delta, confidence=confidence)
+        if masked:
+            warnings.warn(
+                f"contrast_heads: {masked} heads have (almost) no spread in their paired "
+                "differences; their intervals and p-values are NaN",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            a = np.where(np.isnan(masked_delta), np.nan, a)
     table = stats.family_table(
         a,
         b,

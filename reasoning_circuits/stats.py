@@ -105,6 +105,7 @@ __all__ = [
     "adjust_pvalues",
     "cluster_bootstrap_ci",
     "family_table",
+    "mask_degenerate_cells",
     "mean_ci",
     "paired_binary",
     "paired_mean_ci",
@@ -444,6 +445,25 @@ def _constant_resample_chance(x: np.ndarray) -> float:
     """Probability that a bootstrap resample of ``x`` has all values equal."""
     _, counts = np.unique(x, return_counts=True)
     return float(np.sum((counts / x.size) ** x.size))
+
+
+def mask_degenerate_cells(samples: Any, *, confidence: float = 0.95) -> tuple[np.ndarray, int]:
+    """``samples [unit, ...]`` with NaN in every cell whose values a bootstrap resample would
+    often make constant (chance above ``(1 - confidence) / 20``, the rule of ``mean_ci``'s
+    ``auto``), and how many cells were masked. Such cells (a planted head's exactly constant
+    mass, mostly exact zeros) have no spread to build a t-based interval on; masked, they get
+    NaN from :func:`family_table` and :func:`simultaneous_ci` instead of making the max-|t|
+    bootstrap unbounded."""
+    x = np.array(samples, dtype=float)
+    flat = x.reshape(len(x), -1)
+    limit = (1 - _check_confidence(confidence)) / 20
+    masked = 0
+    for cell in range(flat.shape[1]):
+        values = flat[:, cell][np.isfinite(flat[:, cell])]
+        if values.size and _constant_resample_chance(values) > limit:
+            flat[:, cell] = np.nan
+            masked += 1
+    return flat.reshape(x.shape), masked
 
 
 def _auto_mean_method(x: np.ndarray, confidence: float) -> str:

@@ -14,7 +14,7 @@ EXAMPLES = ROOT / "examples"
 @pytest.mark.parametrize(
     ("script", "args", "expected"),
     [
-        ("quickstart.py", ["--n", "12"], "Top reasoning-focused heads"),
+        ("quickstart.py", ["--n", "12"], "Top heads by emit→reasoning mass"),
         ("planted_heads.py", [], "L3H7"),
         ("intervention_study.py", ["--n", "12"], "answers_correct"),
     ],
