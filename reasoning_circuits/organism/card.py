@@ -172,8 +172,9 @@ reasoning.
 - top 3 by all answer rows (R2A's answer→reasoning): {answer_heads}
 
 Ablation: a head's output at the answer positions is replaced by its mean over half A's
-answers **at the same answer offset** (`rc.mean_head_outputs(..., by="segment_offset")`;
-one pooled mean over all answer positions breaks the template by itself). Outcomes are
+answers **at the same answer offset** (`rc.mean_head_outputs(..., by="segment_offset")`,
+so that a head's replacement at each position of the fixed text is what it writes there; the
+template column checks that the ablation leaves that text intact). Outcomes are
 teacher-forced on half B's own reasoning (`answer_outcomes`: the argmax at the rows
 predicting N for the value, at every other answer row and EOS for the template; the rows
 after N see the gold N). Unablated, teacher forcing gives value {_rate(base["value"])};
