@@ -152,11 +152,35 @@ def test_evaluate_cli_measures_and_writes_the_card(tmp_path, capsys):
 
     directory = tmp_path / "tiny"
     shutil.copytree(BUILTIN_MODELS["tiny-reasoner"], directory)
-    main(["--model", str(directory), "--n", "4", "--write-card"])
+    main(["--model", str(directory), "--n", "4", "--draws", "2", "--write-card"])
     printed = capsys.readouterr().out
     results = json.loads((directory / "evaluation.json").read_text())
     assert results["n_problems"] == 4 and f"wrote {directory / 'MODEL_CARD.md'}" in printed
-    assert 0 <= results["accuracy_with_reasoning"] <= 1
-    assert len(results["accuracy_single_head_mean_ablated"]) == 32
+    assert 0 <= results["with_reasoning"]["value"]["estimate"] <= 1
+    assert len(results["ablation_single_heads"]) == 32 and results["random3"]["draws"] == 2
     card = (directory / "MODEL_CARD.md").read_text()
-    assert "On 4 held-out problems" in card and "A 859,264-parameter GPT-2" in card
+    assert "--n 4 --draws 2" in card and "A 859,264-parameter GPT-2" in card
+    training = json.loads((directory / "training.json").read_text())
+    assert card == rc.organism.render_model_card(training, results)
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ("The answer is 7.", (True, True)),
+        (" The answer is 7. ", (True, True)),  # surrounding space is not the template's
+        ("The answer is 3.", (False, True)),  # right template, wrong value
+        ("The answer: 7.", (True, False)),  # right value, broken template
+        ("The answer is 7", (True, False)),
+        ("The answer is 77.", (False, True)),
+        ("", (False, False)),
+    ],
+)
+def test_judge_answer_separates_value_and_template(answer, expected):
+    assert rc.organism.judge_answer(answer, "The answer is 7.") == expected
+
+
+def test_gold_value_refuses_what_is_not_a_gold_sentence():
+    assert rc.organism.gold_value("The answer is 4.") == "4"
+    with pytest.raises(ValueError, match="not an organism gold answer"):
+        rc.organism.gold_value("4")

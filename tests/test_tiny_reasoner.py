@@ -3,12 +3,13 @@
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
 
 import reasoning_circuits as rc
 from reasoning_circuits.models import BUILTIN_MODELS
-from reasoning_circuits.organism import emitting_mass, generate, measure, render_model_card
+from reasoning_circuits.organism import generate, measure, render_model_card
 
 DIRECTORY = BUILTIN_MODELS["tiny-reasoner"]
 CARD = json.loads((DIRECTORY / "evaluation.json").read_text())
@@ -65,13 +66,13 @@ def test_mismatches_finds_every_difference_and_tolerates_float_noise():
 
     assert mismatches(CARD, copy.deepcopy(CARD)) == []
     other = json.loads(json.dumps(CARD))
-    other["accuracy_single_head_mean_ablated"]["L0H5"] += 0.002
-    other["top_answer_to_reasoning_mass"][0] *= 1 + 1e-7  # float noise: tolerated
-    other["random3_heads"][1][0] = "L0H0"
+    other["ablation_single_heads"]["L0H5"]["value"] += 0.002
+    other["top_heads_emit"]["mass"][0] *= 1 + 1e-7  # float noise: tolerated
+    other["random3"]["heads"][1][0] = "L9H9"
     found = mismatches(other, CARD)
     assert len(found) == 2
-    assert "['accuracy_single_head_mean_ablated']['L0H5']" in found[0]
-    assert "['random3_heads'][1][0]: 'L0H0' != 'L1H5'" in found[1]
+    assert "['ablation_single_heads']['L0H5']['value']" in found[0]
+    assert f"['random3']['heads'][1][0]: 'L9H9' != {CARD['random3']['heads'][1][0]!r}" in found[1]
 
 
 def test_shipped_directory_is_complete_and_small():
@@ -118,7 +119,7 @@ def test_plain_transformers_matches_the_card_on_its_500_problems(plain):
         CARD["n_problems"], seed=CARD["heldout_seed"], split="heldout"
     )
     assert plain_accuracy(tokenizer, model, problems) == pytest.approx(
-        CARD["accuracy_with_reasoning"]
+        CARD["with_reasoning"]["exact"]["estimate"]
     )
 
 
@@ -158,21 +159,94 @@ def test_reasons_and_answers_held_out_problems(reasoner):
     assert len(trace.sentences) >= 2
 
 
+def test_the_evaluation_record_has_every_field_and_its_numbers_agree():
+    """The record's derived numbers, recomputed here from its own raw counts and draws."""
+    from scipy.stats import binomtest
+
+    chance = CARD["chance_rate"]
+    assert chance == 0.1
+    rates = [
+        *CARD["with_reasoning"].values(),
+        *(CARD["finished_filler"][k] for k in ("value", "template", "exact")),
+        *CARD["unablated"].values(),
+    ]
+    for name in ("ablation_top3_emit", "ablation_top3_answer"):
+        rates += [CARD[name]["value"], CARD[name]["template"]]
+    for group in ("ablation_single_of_top3", "ablation_leave_one_out_of_top3"):
+        assert set(CARD[group]) == set(CARD["top_heads_emit"]["heads"])
+        rates += [r for a in CARD[group].values() for r in (a["value"], a["template"])]
+    for r in rates:  # each a Wilson interval of its own count
+        ci = rc.stats.proportion_ci(r["k"], r["n"])
+        assert (r["estimate"], r["low"], r["high"], r["method"]) == pytest.approx(
+            (r["k"] / r["n"], ci.low, ci.high, "wilson")
+        )
+    filler = CARD["finished_filler"]
+    p = binomtest(filler["value"]["k"], filler["value"]["n"], chance).pvalue
+    assert filler["binomtest_p_vs_chance"] == pytest.approx(p)
+    assert filler["distinguishable_from_chance"] == (p < 0.05)
+    # the split: ranked on the first half, measured on the second
+    n = CARD["n_problems"]
+    assert CARD["split"] == {"rank_on": [0, n // 2], "measure_on": [n // 2, n]}
+    assert CARD["unablated"]["value"]["n"] == n - n // 2
+    assert "segment_offset" in CARD["ablation_means"]
+    # the random baseline: >= 100 distinct triples outside the top set, summarised faithfully
+    rnd = CARD["random3"]
+    top = set(CARD["top_heads_emit"]["heads"])
+    assert rnd["draws"] >= 100 and rnd["of"] == 3654 and len(rnd["value_drop"]) == rnd["draws"]
+    assert len({tuple(h) for h in rnd["heads"]}) == rnd["draws"]
+    assert all(len(set(h)) == 3 and not set(h) & top for h in rnd["heads"])
+    drops = np.array(rnd["value_drop"])
+    summary = rnd["value_drop_summary"]
+    assert summary["mean"] == pytest.approx(drops.mean())
+    assert [summary[q] for q in ("p5", "p50", "p95")] == pytest.approx(
+        np.percentile(drops, [5, 50, 95])
+    )
+    top_drop = CARD["ablation_top3_emit"]["value_drop"]["drop"]
+    assert rnd["share_value_drop_at_least_top3"] == pytest.approx(np.mean(drops >= top_drop))
+    # a drop is unablated minus ablated, per the counts
+    base = CARD["unablated"]["value"]["k"]
+    for a in [CARD["ablation_top3_emit"], *CARD["ablation_single_of_top3"].values()]:
+        assert a["value_drop"]["drop"] == pytest.approx((base - a["value"]["k"]) / a["value"]["n"])
+        assert a["value_drop"]["low"] <= a["value_drop"]["drop"] <= a["value_drop"]["high"]
+
+
+def test_value_and_template_are_judged_apart_under_teacher_forcing(reasoner):
+    """A forced wrong N breaks the value, not the template; a forced wrong "!" the reverse."""
+    problem = rc.organism.make_problems(1, seed=13, split="heldout")[0]
+    g = generate(reasoner, [problem])[0]
+    assert g.value_correct and g.template_correct
+    tok = reasoner.tokenizer
+    close = list(g.ids).index(tok.convert_tokens_to_ids("</think>"))
+    n = rc.organism.gold_value(problem.gold)
+    wrong_n = str((int(n) + 1) % 10)
+
+    def forced(answer):
+        ids = [*g.ids[: close + 1], *tok.encode(answer, add_special_tokens=False)]
+        return rc.Trace.from_ids([*ids, tok.eos_token_id], tok)
+
+    traces = [
+        forced(" " + problem.gold),
+        forced(f" The answer is {wrong_n}."),
+        forced(f" The answer is {n}!"),  # the row before N sees the gold prefix
+    ]
+    value, template = rc.organism.answer_outcomes(reasoner, traces)
+    assert value.tolist() == [True, False, True]
+    assert template.tolist() == [True, True, False]
+
+
 @pytest.mark.slow
 def test_model_card_numbers_hold():
-    """Issue 3's bar, recomputed on 500 held-out problems (as recorded in the model card)."""
-    results = measure(DIRECTORY, n=500)
+    """Every number of the card, recomputed by the command's function with the card's settings."""
+    rnd = CARD["random3"]
+    results = measure(
+        DIRECTORY,
+        n=CARD["n_problems"],
+        seed=CARD["heldout_seed"],
+        draws=rnd["draws"],
+        draw_seed=rnd["seed"],
+    )
     differing = mismatches(results, CARD)  # every number of the card, to float tolerance
     assert not differing, "\n".join(differing)
-    assert results["accuracy_with_reasoning"] >= 0.95
-    assert results["accuracy_teacher_forced_check"] == pytest.approx(
-        results["accuracy_with_reasoning"]
-    )
-    assert results["accuracy_with_reasoning"] - results["accuracy_finished_filler"] >= 0.30
-    assert max(results["top_answer_to_reasoning_mass"]) >= 0.5
-    # ablation bar: the 3 heads with the highest reasoning mass at the answer-emitting row
-    assert results["drop_top3_emitting"] >= 0.30
-    assert results["drop_random3_mean"] <= 0.10
 
 
 def test_ablating_its_reasoning_heads_costs_more_log_prob_than_random_heads(reasoner):
@@ -183,8 +257,11 @@ def test_ablating_its_reasoning_heads_costs_more_log_prob_than_random_heads(reas
     problems = rc.organism.make_problems(30, seed=12, split="heldout")
     traces = [rc.Trace.from_ids(g.ids, reasoner.tokenizer) for g in generate(reasoner, problems)]
     heads = [rc.Head(layer, head) for layer in range(4) for head in range(8)]
-    means = rc.mean_head_outputs(reasoner, traces, heads, positions="answer", by="pooled")
-    top = list(rc.rank_heads(emitting_mass(reasoner, traces)[None], k=3))
+    means = rc.mean_head_outputs(reasoner, traces, heads, positions="answer", by="segment_offset")
+    profiles = rc.AttentionProfile.compute(
+        reasoner, traces, queries={"emit": rc.rows.predicting()}, batch_size=30
+    )
+    top = list(rc.rank_heads(profiles, query="emit", key="reasoning", k=3))
     rfh = rc.HeadIntervention(top, "mean", positions="answer", means=means).effect(reasoner, traces)
     rng = random.Random(0)
     others = [h for h in heads if h not in top]

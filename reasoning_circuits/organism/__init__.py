@@ -16,13 +16,17 @@ The shipped tokenizer adds BOS itself, so the directory works with plain ``trans
 """
 
 from reasoning_circuits.organism.analysis import (
+    CHANCE_RATE,
     HELDOUT_SEED,
     Generated,
     accuracy,
     answer_accuracy,
+    answer_outcomes,
     emitting_mass,
     forced_traces,
     generate,
+    gold_value,
+    judge_answer,
     measure,
 )
 from reasoning_circuits.organism.card import render_model_card, write_model_card
@@ -37,6 +41,7 @@ from reasoning_circuits.organism.task import (
 )
 
 __all__ = [
+    "CHANCE_RATE",
     "FILLERS",
     "HELDOUT_SEED",
     "PROMPT_MODES",
@@ -44,11 +49,14 @@ __all__ = [
     "Problem",
     "accuracy",
     "answer_accuracy",
+    "answer_outcomes",
     "emitting_mass",
     "forced_traces",
     "format_completion",
     "format_prompt",
     "generate",
+    "gold_value",
+    "judge_answer",
     "make_problems",
     "measure",
     "render_model_card",

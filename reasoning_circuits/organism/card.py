@@ -13,9 +13,37 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 __all__ = ["render_model_card", "write_model_card"]
+
+
+def _rate(r: dict[str, Any]) -> str:
+    return f"{r['estimate']:.3f} [{r['low']:.3f}, {r['high']:.3f}]"
+
+
+def _drop(d: dict[str, Any]) -> str:
+    return f"{d['drop']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] (p {d['mcnemar_p']:.2g})"
+
+
+def _ablation_row(label: str, a: dict[str, Any]) -> str:
+    return (
+        f"| {label} | {_rate(a['value'])} | {_rate(a['template'])} | {_drop(a['value_drop'])} "
+        f"| {_drop(a['template_drop'])} |"
+    )
+
+
+def _chance_sentence(filler: dict[str, Any], chance: float) -> str:
+    value, p = filler["value"], filler["binomtest_p_vs_chance"]
+    if not filler["distinguishable_from_chance"]:
+        verdict = "indistinguishable from chance at the 5% level"
+    elif value["estimate"] > chance:
+        verdict = "above chance at the 5% level"
+    else:
+        verdict = "below chance at the 5% level"
+    return (
+        f"Without reasoning the answer's value is right in {value['k']} of {value['n']} "
+        f"problems, {_rate(value)}, against a chance rate of {chance:.0%} (10 possible "
+        f"values): exact two-sided binomial test p = {p:.2g}, {verdict}."
+    )
 
 
 def render_model_card(training: dict[str, Any], results: dict[str, Any]) -> str:
@@ -35,34 +63,51 @@ def render_model_card(training: dict[str, Any], results: dict[str, Any]) -> str:
         f"python -m reasoning_circuits.organism.train --out DIR --steps {training['steps']} "
         f"--seed {training['seed']}"
     )
-    tops = ", ".join(
-        f"{h} ({m:.3f})"
-        for h, m in zip(r["top_heads_by_answer_to_reasoning"], r["top_answer_to_reasoning_mass"])
+    wr, ff = r["with_reasoning"], r["finished_filler"]
+    rank_a, measure_b = r["split"]["rank_on"], r["split"]["measure_on"]
+    emit, answer = r["top_heads_emit"], r["top_heads_answer"]
+    emit_heads = ", ".join(f"{h} ({m:.3f})" for h, m in zip(emit["heads"], emit["mass"]))
+    answer_heads = ", ".join(f"{h} ({m:.3f})" for h, m in zip(answer["heads"], answer["mass"]))
+    base = r["unablated"]
+    rows = [
+        f"| none | {_rate(base['value'])} | {_rate(base['template'])} | | |",
+        _ablation_row("top 3 by emitting row: " + " ".join(emit["heads"]), r["ablation_top3_emit"]),
+    ]
+    rows += [_ablation_row(f"{h} alone", a) for h, a in r["ablation_single_of_top3"].items()]
+    rows += [
+        _ablation_row("top 3 without " + h, a)
+        for h, a in r["ablation_leave_one_out_of_top3"].items()
+    ]
+    rows.append(
+        _ablation_row(
+            "top 3 by all answer rows: " + " ".join(answer["heads"]), r["ablation_top3_answer"]
+        )
     )
-    randoms = r["accuracy_random3_mean_ablated"]
-    random_row = (
-        f"{np.mean(randoms):.3f} (drop {r['drop_random3_mean']:.3f}; "
-        f"range {min(randoms):.3f}–{max(randoms):.3f})"
-    )
-    top_row = f"{r['accuracy_top3_mean_ablated']:.3f} (drop {r['drop_top3']:.3f})"
-    emit_heads = ", ".join(
-        f"{h} ({m:.3f})"
-        for h, m in zip(r["top_heads_at_emitting_position"], r["top_emitting_mass"])
-    )
-    emit_row = (
-        f"{r['accuracy_top3_emitting_mean_ablated']:.3f} (drop {r['drop_top3_emitting']:.3f})"
-    )
-    lead = (
-        f"{r['top_heads_at_emitting_position'][0]}: {r['top_emitting_mass'][0]:.2f} of the "
-        "emitting row's attention on the reasoning"
-    )
-    critical = (
+    table = "\n".join(rows)
+    needed = [h for h, a in r["ablation_single_of_top3"].items() if a["value_drop"]["low"] > 0]
+    needed_text = ", ".join(needed) if needed else "none"
+    singles = r["ablation_single_heads"]
+    costly = (
         ", ".join(
-            f"{h} → {a:.3f}" for h, a in r["accuracy_single_head_mean_ablated"].items() if a < 0.99
+            f"{h} (value {s['value']:.3f}, template {s['template']:.3f})"
+            for h, s in singles.items()
+            if s["value"] < base["value"]["estimate"]
+            or s["template"] < base["template"]["estimate"]
         )
         or "none"
     )
+    rnd = r["random3"]
+    vs, ts = rnd["value_drop_summary"], rnd["template_drop_summary"]
     split = ", ".join(f"{k} {v:.3f}" for k, v in r["answer_split"].items())
+    share = rnd["share_value_drop_at_least_top3"]
+    reasoning_row = (
+        f"| with reasoning | {_rate(wr['value'])} | {_rate(wr['template'])} "
+        f"| {_rate(wr['exact'])} | {_rate(wr['finished'])} |"
+    )
+    filler_row = (
+        f'| "finished" filler instead of reasoning | {_rate(ff["value"])} '
+        f"| {_rate(ff['template'])} | {_rate(ff['exact'])} | |"
+    )
     card = f"""# tiny-reasoner
 
 A {training["parameters"]:,}-parameter GPT-2 trained from scratch, on 2 CPU cores, on the
@@ -102,30 +147,58 @@ print(tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_toke
 {history}
 
 ## Measured
-Command: `python -m reasoning_circuits.organism.evaluate --model DIR --write-card`.
-On {r["n_problems"]} held-out problems (seed {r["heldout_seed"]}), greedy decoding with
-plain `transformers` and the shipped tokenizer:
+Command: `python -m reasoning_circuits.organism.evaluate --model DIR --write-card` (defaults:
+`--n {r["n_problems"]} --draws {rnd["draws"]} --draw-seed {rnd["seed"]}`), which writes
+`evaluation.json` and renders this card from it. {r["n_problems"]} held-out problems (seed
+{r["heldout_seed"]}), greedy decoding with plain `transformers` and the shipped tokenizer.
+An answer is judged twice: its **value** (the number `rc.grading.grade` reads equals the
+gold N) and its **template** (the text around the number is exactly `The answer is ` and
+`.`). Every rate is shown as estimate [95% Wilson interval].
 
-| | value |
-|---|---|
-| accuracy with reasoning | {r["accuracy_with_reasoning"]:.3f} |
-| accuracy with the "finished" filler instead of reasoning | {r["accuracy_finished_filler"]:.3f} |
-| reasoning finished (`</think>` written) | {r["reasoning_finished"]:.3f} |
-| top heads by answer→reasoning mass (mean over all answer rows, R2A) | {tops} |
-| accuracy, those 3 mean-ablated at the answer positions | {top_row} |
-| top heads by reasoning mass of the answer-emitting row (predicts N) | {emit_heads} |
-| accuracy, those 3 mean-ablated at the answer positions | {emit_row} |
-| accuracy, 3 random other heads mean-ablated ({len(randoms)} draws) | {random_row} |
-| single heads whose ablation costs accuracy | {critical} |
+| prompt | value right | template right | both | reasoning closed |
+|---|---|---|---|---|
+{reasoning_row}
+{filler_row}
 
-Means for the ablation are each head's mean output over the answer positions of the same
-held-out traces. Only one of the 17 answer rows (`The answer is N.`) has to read the
-reasoning: averaged over all of them, the head that reads it most there
-({lead})
-can rank below heads that the answer does not need. Ranking by the emitting row finds the
-causal heads. Attention mass is a lead, not a proof; check it with an intervention.
+{_chance_sentence(ff, r["chance_rate"])}
 
-The answer's attention (mean over correct traces, layers and heads): {split}.
+### Heads
+Ranked on problems {rank_a[0] + 1}–{rank_a[1]} (half A; `rc.AttentionProfile` of the model's own
+correct traces), measured on problems {measure_b[0] + 1}–{measure_b[1]} (half B), so no head
+is chosen on the problems that test it. Mass = mean share of the query rows' attention on the
+reasoning.
+
+- top 3 by the rows that predict the answer's number (`rc.rows.predicting()`): {emit_heads}
+- top 3 by all answer rows (R2A's answer→reasoning): {answer_heads}
+
+Ablation: a head's output at the answer positions is replaced by its mean over half A's
+answers **at the same answer offset** (`rc.mean_head_outputs(..., by="segment_offset")`,
+so that a head's replacement at each position of the fixed text is what it writes there; the
+template column checks that the ablation leaves that text intact). Outcomes are
+teacher-forced on half B's own reasoning (`answer_outcomes`: the argmax at the rows
+predicting N for the value, at every other answer row and EOS for the template; the rows
+after N see the gold N). Unablated, teacher forcing gives value {_rate(base["value"])};
+generation gave {_rate(base["generated_value"])} on the same problems. Drops are
+unablated − ablated with Newcombe's paired interval and the exact McNemar p.
+
+| heads mean-ablated | value right | template right | value drop | template drop |
+|---|---|---|---|---|
+{table}
+
+Heads of the top 3 whose ablation alone drops the value (interval above 0): {needed_text}.
+
+Random baseline: {rnd["draws"]} distinct random sets of 3 among the heads outside the top 3
+by the emitting rows ({rnd["of"]} possible sets; `random.Random({rnd["seed"]})`). Value drop:
+mean {vs["mean"]:.3f}, 5th/50th/95th percentiles {vs["p5"]:.3f} / {vs["p50"]:.3f} /
+{vs["p95"]:.3f}, max {vs["max"]:.3f}; template drop: mean {ts["mean"]:.3f}, 5th/50th/95th
+percentiles {ts["p5"]:.3f} / {ts["p50"]:.3f} / {ts["p95"]:.3f}, max {ts["max"]:.3f}. Share
+of random sets whose value drop is at least the top 3's: {share:.3f}.
+
+Single heads (all {len(singles)}, on half B) whose ablation lowers the value or the template
+rate: {costly}.
+
+Attention mass is a lead, not a proof; the ablations above are the check. The answer's
+attention on half A (mean over its correct traces, layers and heads): {split}.
 """
     return card
 
