@@ -322,12 +322,9 @@ def rank_stability(
     check_option(method, RankMethod, "method")
     values, layers, heads, _, _ = _scores(data, query, key)
     values = _usable(values, "rank_stability")
-    if n_resamples < 1:
-        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
-    rng = np.random.default_rng(seed)
     counts = np.zeros(values.shape[1] * values.shape[2])
-    for _ in range(n_resamples):
-        sample = values[rng.integers(0, len(values), size=len(values))]
+    for draw in stats.bootstrap_indices(len(values), n_resamples, seed=seed):
+        sample = values[draw]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # NaN heads: warned once above
             top = rank_heads(sample, k=k, method=method)

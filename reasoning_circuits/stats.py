@@ -103,6 +103,7 @@ __all__ = [
     "SimultaneousIntervals",
     "ZeroVarianceError",
     "adjust_pvalues",
+    "bootstrap_indices",
     "cluster_bootstrap_ci",
     "family_table",
     "mask_degenerate_cells",
@@ -445,6 +446,18 @@ def _constant_resample_chance(x: np.ndarray) -> float:
     """Probability that a bootstrap resample of ``x`` has all values equal."""
     _, counts = np.unique(x, return_counts=True)
     return float(np.sum((counts / x.size) ** x.size))
+
+
+def bootstrap_indices(n_units: int, n_resamples: int, *, seed: int = 0) -> np.ndarray:
+    """``[n_resamples, n_units]`` indices of units drawn with replacement (seeded): the
+    resampling scheme of every bootstrap here, for callers that bootstrap a statistic of their
+    own (e.g. :func:`reasoning_circuits.rank_stability`, the share of resamples in which a head
+    stays in the top-k). Resample independent units only: problems, not the sentences or
+    samples inside them."""
+    if n_units < 1:
+        raise ValueError(f"n_units must be >= 1, got {n_units}")
+    n_resamples = _check_resamples(n_resamples)
+    return np.random.default_rng(seed).integers(0, n_units, size=(n_resamples, n_units))
 
 
 def mask_degenerate_cells(samples: Any, *, confidence: float = 0.95) -> tuple[np.ndarray, int]:

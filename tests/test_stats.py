@@ -679,3 +679,17 @@ def test_two_sample_and_effect_size_coverage():
         assert result.effect_size is not None
         g_hits += result.effect_size.contains(delta)
     assert hits / reps >= 0.93 and g_hits / reps >= 0.93
+
+
+def test_bootstrap_indices_are_seeded_draws_of_units():
+    from reasoning_circuits.stats import bootstrap_indices
+
+    draws = bootstrap_indices(7, 500, seed=3)
+    assert draws.shape == (500, 7) and draws.min() >= 0 and draws.max() <= 6
+    assert np.array_equal(draws, bootstrap_indices(7, 500, seed=3))
+    assert not np.array_equal(draws, bootstrap_indices(7, 500, seed=4))
+    # every unit is drawn about equally often
+    counts = np.bincount(draws.ravel(), minlength=7) / draws.size
+    assert np.allclose(counts, 1 / 7, atol=0.02)
+    with pytest.raises(ValueError, match="n_units"):
+        bootstrap_indices(0, 500)
