@@ -165,8 +165,27 @@ def _segment_frame(trace: Trace) -> tuple[list[int], list[int]]:
 # ---------------------------------------------------------------------------------- sources
 
 
+class _ByHead:
+    """Read access by head to ``self.values`` (``{Head: tensor}``), shared by the per-head
+    result values below."""
+
+    values: Mapping[Head, Tensor]
+
+    def __getitem__(self, head: Head) -> Tensor:
+        return self.values[head]
+
+    def __contains__(self, head: object) -> bool:
+        return head in self.values
+
+    def __iter__(self) -> Iterator[Head]:
+        return iter(self.values)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
 @dataclass(frozen=True, eq=False)
-class HeadOutputs:
+class HeadOutputs(_ByHead):
     """What some heads wrote on some source traces: the source of a patch or resample.
 
     ``values[head]`` is ``[n, pos, d_head]`` (row i = ``traces[i]``, right-padded with zeros);
@@ -200,18 +219,6 @@ class HeadOutputs:
                     "target per source (targets[i] is patched from traces[i])"
                 )
             object.__setattr__(self, "targets", targets)
-
-    def __getitem__(self, head: Head) -> Tensor:
-        return self.values[head]
-
-    def __contains__(self, head: object) -> bool:
-        return head in self.values
-
-    def __iter__(self) -> Iterator[Head]:
-        return iter(self.values)
-
-    def __len__(self) -> int:
-        return len(self.values)
 
     def __repr__(self) -> str:
         heads = ", ".join(str(h) for h in self.values)
@@ -317,7 +324,7 @@ def capture_head_outputs(
 
 
 @dataclass(frozen=True, eq=False)
-class HeadMeans:
+class HeadMeans(_ByHead):
     """Mean head outputs over reference traces, for ``HeadIntervention(..., "mean")``.
 
     Attributes:
@@ -357,18 +364,6 @@ class HeadMeans:
         lookup = torch.full((max(self.token_ids, default=-1) + 1,), -1, dtype=torch.long)
         lookup[list(self.token_ids)] = torch.arange(len(self.token_ids))
         object.__setattr__(self, "_lookup", lookup)
-
-    def __getitem__(self, head: Head) -> Tensor:
-        return self.values[head]
-
-    def __contains__(self, head: object) -> bool:
-        return head in self.values
-
-    def __iter__(self) -> Iterator[Head]:
-        return iter(self.values)
-
-    def __len__(self) -> int:
-        return len(self.values)
 
     def __repr__(self) -> str:
         rows = "" if self.by == "pooled" else f", {len(self.counts)} rows"
