@@ -28,6 +28,16 @@ Where the text comes from
   ``prompt + response`` with nothing in between (vLLM-style outputs, also when the prompt
   itself ends with ``<think>``). A prompt merely quoted inside the reasoning does not count.
 
+Files written by :func:`~reasoning_circuits.collection.collect_traces`
+--------------------------------------------------------------------------
+A JSONL file whose first line is a ``TraceRecords`` header is read record by record through
+:meth:`TraceRecord.to_trace <reasoning_circuits.collection.TraceRecord.to_trace>`: the trace
+is the stored prompt and generated ids, the tokenizer must be the one that generated them
+(:class:`~reasoning_circuits.errors.TokenizerMismatchError`), metadata is the record's id,
+sample, mode, prompt and sampling parameters plus ``"row"``, and a record stopped by its
+token limit is an ``"unfinished"`` problem. The text options (``text_field``,
+``prompt_field``, ``ids_field``, delimiters, ...) do not apply and are refused if changed.
+
 Metadata
 --------
 Every field except the text and the ids is kept in ``trace.metadata`` (or only the fields in
@@ -66,6 +76,7 @@ which items an analysis sees (R2A's accuracy is on valid traces only), so report
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import os
 import typing
@@ -73,6 +84,7 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 
 import numpy as np
@@ -363,6 +375,22 @@ def read_traces(
         raise ValueError("require_eos=True but the tokenizer has no eos_token_id")
 
     records, count, name = _records(source)
+    collected = _is_record_file(source)
+    if collected:
+        _refuse_text_options(
+            text_field=text_field,
+            prompt_field=prompt_field,
+            ids_field=ids_field,
+            id_field=id_field,
+            metadata_fields=metadata_fields,
+            think_open=think_open,
+            think_close=think_close,
+            strict=strict,
+            convention=convention,
+            prepend_bos=prepend_bos,
+        )
+        records = ((line, record) for line, record in records if line != 1)  # the header
+        count = None if count is None else count - 1
     show = progress if progress is not None else (count is not None and count > 10)
     traces: list[Trace] = []
     skipped: list[SkippedRow] = []
@@ -380,20 +408,23 @@ def read_traces(
                     "invalid_row", f"the line holds a JSON {type(record).__name__}, not an object"
                 )
             row_id = _find_id(record, id_field)
-            metadata = _metadata(record, consumed, metadata_fields, id_field, row_id, index)
-            trace = _build(
-                record,
-                tokenizer,
-                text_field=text_field,
-                prompt_field=prompt_field,
-                ids_fields=ids_fields,
-                think_open=think_open,
-                think_close=think_close,
-                strict=strict,
-                convention=convention,
-                prepend_bos=prepend_bos,
-                metadata=metadata,
-            )
+            if collected:
+                trace = _build_collected(record, tokenizer, index)
+            else:
+                metadata = _metadata(record, consumed, metadata_fields, id_field, row_id, index)
+                trace = _build(
+                    record,
+                    tokenizer,
+                    text_field=text_field,
+                    prompt_field=prompt_field,
+                    ids_fields=ids_fields,
+                    think_open=think_open,
+                    think_close=think_close,
+                    strict=strict,
+                    convention=convention,
+                    prepend_bos=prepend_bos,
+                    metadata=metadata,
+                )
             if require_eos and (trace.ids[-1] != eos_id or len(trace["eos"]) == 0):
                 raise _RowError(
                     "no_eos",
@@ -440,6 +471,67 @@ def read_traces(
             stacklevel=2,
         )
     return traces
+
+
+def _is_record_file(source: object) -> bool:
+    """Whether ``source`` is a JSONL file written by :func:`collect_traces` (header line)."""
+    if not isinstance(source, (str, os.PathLike)):
+        return False
+    with open(source, encoding="utf-8-sig") as handle:
+        first = handle.readline()
+    try:
+        header = json.loads(first)
+    except json.JSONDecodeError:
+        return False
+    from reasoning_circuits.collection import KIND
+
+    return isinstance(header, dict) and header.get("kind") == KIND
+
+
+_TEXT_OPTIONS = {
+    "text_field": "response",
+    "prompt_field": None,
+    "ids_field": None,
+    "id_field": None,
+    "metadata_fields": None,
+    "think_open": "<think>",
+    "think_close": "</think>",
+    "strict": True,
+    "convention": "exact",
+    "prepend_bos": None,
+}
+
+
+def _refuse_text_options(**given: Any) -> None:
+    changed = [k for k, v in given.items() if v != _TEXT_OPTIONS[k]]
+    if changed:
+        raise ValueError(
+            f"this is a record file written by collect_traces: its traces are built from the "
+            f"stored token ids and prompt, so {', '.join(changed)} would be ignored. Leave "
+            "them at their defaults, or use reasoning_circuits.collection.read_records(path)"
+        )
+
+
+def _build_collected(record: Mapping[str, Any], tokenizer: Any, index: int) -> Trace:
+    """The trace of one line of a collection file, through :meth:`TraceRecord.to_trace`."""
+    from reasoning_circuits.collection import TraceRecord
+
+    try:
+        parsed = TraceRecord.from_dict(record)
+    except (KeyError, TypeError, ValueError) as err:
+        raise _RowError("invalid_row", f"not a trace record: {err}") from err
+    if not parsed.finished:
+        raise _RowError(
+            "unfinished",
+            f"stopped by {parsed.stop_reason} after {parsed.n_generated_tokens} tokens, so "
+            "the answer is incomplete",
+        )
+    try:
+        trace = parsed.to_trace(tokenizer)
+    except TraceFormatError as err:
+        text = parsed.prompt + parsed.text
+        raise _RowError(_classify(text, "<think>", "</think>", True), str(err)) from err
+    return dataclasses.replace(trace, metadata=MappingProxyType({**trace.metadata, "row": index}))
 
 
 def _find_id(record: Mapping[str, Any], id_field: str | None) -> str | int | None:

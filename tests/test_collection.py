@@ -28,7 +28,12 @@ from reasoning_circuits.collection import (
     sample_tokens,
 )
 from reasoning_circuits.collection_vllm import collect_traces_vllm
-from reasoning_circuits.errors import ContextLengthError, FileFormatError, TokenizerMismatchError
+from reasoning_circuits.errors import (
+    ContextLengthError,
+    FileFormatError,
+    TokenizerMismatchError,
+    TraceFormatError,
+)
 from reasoning_circuits.models import BUILTIN_MODELS
 from reasoning_circuits.organism import make_problems
 
@@ -294,6 +299,27 @@ def test_file_holds_a_header_and_one_line_per_record(reasoner, tmp_path):
     assert (header["mode"], header["seed"], header["model"]) == ("finished", 4, "tiny-reasoner")
     loaded = read_records(out)
     assert {r.key: r for r in loaded} == {r.key: r for r in records}
+
+
+def test_read_traces_reads_a_record_file_from_its_ids(reasoner, tokenizer, tmp_path):
+    _, tok = reasoner
+    out = tmp_path / "traces.jsonl"
+    records = run(reasoner, problems(3), out=out, mode="reasoning", max_new_tokens=200)
+    cut = run(reasoner, problems(1), out=tmp_path / "cut.jsonl", mode="reasoning", max_new_tokens=3)
+    assert all(r.finished for r in records) and not cut[0].finished
+    traces = rc.read_traces(out, tok)
+    assert [t.ids for t in traces] == [r.prompt_ids + r.generated_ids for r in records]
+    assert [t.metadata["id"] for t in traces] == ["p0", "p1", "p2"]
+    assert [t.metadata["row"] for t in traces] == [0, 1, 2]
+    with pytest.raises(TraceFormatError, match=r"line 2 .*stopped by length"):
+        rc.read_traces(tmp_path / "cut.jsonl", tok)
+    skipped: list = []
+    assert rc.read_traces(tmp_path / "cut.jsonl", tok, on_error=skipped.append) == []
+    assert [s.problem for s in skipped] == ["unfinished"]
+    with pytest.raises(ValueError, match="text_field would be ignored"):
+        rc.read_traces(out, tok, text_field="text")
+    with pytest.raises(TokenizerMismatchError):
+        rc.read_traces(out, tokenizer)  # the BPE test tokenizer, not the reasoner's
 
 
 def test_rerun_skips_done_pairs_and_extends(reasoner, tmp_path):
