@@ -80,7 +80,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -90,6 +90,8 @@ from scipy.special import gammaln, stdtr, stdtrit
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import confint_proportions_2indep, proportion_confint
+
+from reasoning_circuits._options import check_option
 
 __all__ = [
     "AdjustMethod",
@@ -300,12 +302,6 @@ class SimultaneousIntervals:
 
 
 # ---------------------------------------------------------------------------- validation
-def _check_option(value: object, options: Any, name: str) -> None:
-    allowed = get_args(options)
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
-
-
 def _check_confidence(confidence: float) -> float:
     if isinstance(confidence, bool) or not isinstance(confidence, int | float | np.floating):
         raise ValueError(f"confidence must be a number in (0, 1), e.g. 0.95; got {confidence!r}")
@@ -338,7 +334,7 @@ def _sample(
     x: Any, name: str, nan_policy: NanPolicy, *, minimum: int = 2
 ) -> tuple[np.ndarray, int]:
     """A 1-D float array with NaN handled by ``nan_policy``; returns (values, n_dropped)."""
-    _check_option(nan_policy, NanPolicy, "nan_policy")
+    check_option(nan_policy, NanPolicy, "nan_policy")
     array = _as_array(x, name)
     if array.ndim != 1:
         raise ValueError(
@@ -368,7 +364,7 @@ def _sample(
 def _pairs(
     before: Any, after: Any, nan_policy: NanPolicy, *, minimum: int = 2
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    _check_option(nan_policy, NanPolicy, "nan_policy")
+    check_option(nan_policy, NanPolicy, "nan_policy")
     a = _as_array(before, "before")
     b = _as_array(after, "after")
     if a.ndim != 1 or b.ndim != 1 or a.shape != b.shape:
@@ -701,7 +697,7 @@ def mean_ci(
     ``nan_policy="omit"`` drops NaN values and records how many in ``Interval.dropped``.
     """
     confidence = _check_confidence(confidence)
-    _check_option(method, MeanMethod, "method")
+    check_option(method, MeanMethod, "method")
     n_resamples = _check_resamples(n_resamples)
     values, dropped = _sample(x, "x", nan_policy)
     return _mean_interval(
@@ -739,7 +735,7 @@ def paired_mean_ci(
     side.
     """
     confidence = _check_confidence(confidence)
-    _check_option(method, MeanMethod, "method")
+    check_option(method, MeanMethod, "method")
     n_resamples = _check_resamples(n_resamples)
     a, b, dropped = _pairs(before, after, nan_policy)
     if method == "auto" and _looks_binary(a, b):
@@ -780,7 +776,7 @@ def paired_test(
     n without ties). 0/1 values (both occurring; ``method="auto"``): :func:`paired_binary`.
     """
     confidence = _check_confidence(confidence)
-    _check_option(method, MeanMethod, "method")
+    check_option(method, MeanMethod, "method")
     a, b, dropped = _pairs(before, after, nan_policy)
     if method == "auto" and _looks_binary(a, b):
         result = paired_binary(a, b, confidence=confidence)
@@ -836,7 +832,7 @@ def proportion_ci(
     ``[0, 0.0602]`` (Wilson) and ``[0, 0.0596]`` (exact).
     """
     confidence = _check_confidence(confidence)
-    _check_option(method, ProportionMethod, "method")
+    check_option(method, ProportionMethod, "method")
     k, n = _check_count(k, n)
     low, high = proportion_confint(
         k, n, alpha=1 - confidence, method="wilson" if method == "wilson" else "beta"
@@ -996,7 +992,7 @@ def two_sample(
     :func:`paired_binary` instead: pairing removes the between-problem variation.
     """
     confidence = _check_confidence(confidence)
-    _check_option(method, MeanMethod, "method")
+    check_option(method, MeanMethod, "method")
     n_resamples = _check_resamples(n_resamples)
     x, dropped_a = _sample(a, "a", nan_policy)
     y, dropped_b = _sample(b, "b", nan_policy)
@@ -1084,10 +1080,10 @@ def cluster_bootstrap_ci(
     whole clusters) and counts them.
     """
     confidence = _check_confidence(confidence)
-    _check_option(statistic, ClusterStatistic, "statistic")
-    _check_option(method, MeanMethod, "method")
+    check_option(statistic, ClusterStatistic, "statistic")
+    check_option(method, MeanMethod, "method")
     n_resamples = _check_resamples(n_resamples)
-    _check_option(nan_policy, NanPolicy, "nan_policy")
+    check_option(nan_policy, NanPolicy, "nan_policy")
     raw = _as_array(values, "values")
     labels = np.asarray(clusters)
     if raw.ndim != 1 or labels.shape != raw.shape:
@@ -1185,7 +1181,7 @@ def adjust_pvalues(p: Any, *, method: AdjustMethod = "holm") -> np.ndarray:
     (controls the false-discovery rate: the expected share of false rejections among the
     rejected). Computed on the finite entries (statsmodels ``multipletests``; Holm directly).
     """
-    _check_option(method, AdjustMethod, "method")
+    check_option(method, AdjustMethod, "method")
     values = _as_array(p, "p")
     finite = ~np.isnan(values)
     if np.any((values[finite] < 0) | (values[finite] > 1)):
@@ -1208,7 +1204,7 @@ def adjust_pvalues(p: Any, *, method: AdjustMethod = "holm") -> np.ndarray:
 
 
 def _columns(samples: Any, name: str, nan_policy: NanPolicy) -> tuple[np.ndarray, tuple[int, ...]]:
-    _check_option(nan_policy, NanPolicy, "nan_policy")
+    check_option(nan_policy, NanPolicy, "nan_policy")
     array = _as_array(samples, name)
     if array.ndim < 1 or array.shape[0] == 0:
         raise ValueError(f"{name} must be [unit, ...] with at least one unit; got {array.shape}")
