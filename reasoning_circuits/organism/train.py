@@ -114,8 +114,16 @@ def train(
     eval_every: int = 500,
     threads: int = 2,
     n_eval: int = 200,
+    architecture: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """Train and save the model to ``out``; return the training record for the model card."""
+    """Train and save the model to ``out``; return the training record for the model card.
+
+    ``architecture`` overrides entries of :data:`ARCHITECTURE` (e.g. ``{"n_layer": 3}``) to
+    train an organism of another size."""
+    shape = {**ARCHITECTURE, **(architecture or {})}
+    unknown = sorted(set(shape) - set(ARCHITECTURE))
+    if unknown:
+        raise ValueError(f"unknown architecture keys {unknown}; use {sorted(ARCHITECTURE)}")
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.set_num_threads(threads)
@@ -129,7 +137,7 @@ def train(
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attn_pdrop=0.0,
-        **ARCHITECTURE,
+        **shape,
     )
     model = GPT2LMHeadModel(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
@@ -180,7 +188,7 @@ def train(
         "lr": lr,
         "finished_share": finished_share,
         "threads": threads,
-        "architecture": ARCHITECTURE,
+        "architecture": shape,
         "parameters": sum(p.numel() for p in model.parameters()),
         "minutes": round((time.time() - start) / 60, 1),
         "history": history,
@@ -217,6 +225,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--eval-every", type=int, default=500)
+    parser.add_argument("--threads", type=int, default=2)
+    for key, value in ARCHITECTURE.items():
+        parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=value)
     args = parser.parse_args()
     train(
         args.out,
@@ -225,6 +236,8 @@ def main() -> None:
         batch_size=args.batch_size,
         lr=args.lr,
         eval_every=args.eval_every,
+        threads=args.threads,
+        architecture={key: getattr(args, key) for key in ARCHITECTURE},
     )
 
 
