@@ -15,6 +15,7 @@ Data flows one way::
 
 from reasoning_circuits import (
     collection,
+    comparison,
     datasets,
     effects,
     fitting,
@@ -27,6 +28,7 @@ from reasoning_circuits import (
     plotting,
     prompts,
     reading,
+    receivers,
     rows,
     stats,
     testing,
@@ -94,6 +96,7 @@ __all__ = [
     "align_pair",
     "capture_head_outputs",
     "collection",
+    "comparison",
     "contrast_heads",
     "datasets",
     "effects",
@@ -118,6 +121,7 @@ __all__ = [
     "rank_stability",
     "read_traces",
     "reading",
+    "receivers",
     "rows",
     "segment_statistics",
     "split_sentences",

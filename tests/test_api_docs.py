@@ -64,6 +64,8 @@ MODULES = (
     "reasoning_circuits.reading",
     "reasoning_circuits.fitting",
     "reasoning_circuits.effects",
+    "reasoning_circuits.receivers",
+    "reasoning_circuits.comparison",
 )
 """Modules whose public names (``__all__``) must all appear in the document."""
 
