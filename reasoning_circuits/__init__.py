@@ -30,6 +30,7 @@ from reasoning_circuits import (
     reading,
     receivers,
     rows,
+    scaleout,
     stats,
     testing,
 )
@@ -123,6 +124,7 @@ __all__ = [
     "reading",
     "receivers",
     "rows",
+    "scaleout",
     "segment_statistics",
     "split_sentences",
     "stats",

@@ -66,6 +66,7 @@ MODULES = (
     "reasoning_circuits.effects",
     "reasoning_circuits.receivers",
     "reasoning_circuits.comparison",
+    "reasoning_circuits.scaleout",
 )
 """Modules whose public names (``__all__``) must all appear in the document."""
 
