@@ -132,6 +132,8 @@ _ARM_KEYS = ("model", "mode", "template", "instruction", "temperature", "top_p",
 _THINK_OPEN = "<think>"
 _THINK_CLOSE = "</think>"
 # A trailing end-of-sequence marker: <|endoftext|>, <|im_end|>, <｜end▁of▁sentence｜>, </s>, <eos>
+EMPTY_ANSWER = "the answer segment is empty"
+"""Why :func:`answer_text` gives None for a blank answer."""
 _EOS_TAIL = re.compile(r"(?:<\|[^<>|\s]{1,40}\|>|<｜[^<>｜\s]{1,60}｜>|</s>|<eos>)+\s*\Z")
 
 
@@ -169,7 +171,7 @@ def answer_text(text: str, mode: str) -> tuple[str | None, str]:
         segment = text
     segment = _EOS_TAIL.sub("", segment).strip()
     if not segment:
-        return None, "the answer segment is empty"
+        return None, EMPTY_ANSWER
     return segment, ""
 
 
@@ -358,6 +360,30 @@ def _resolve_kind(problems: Iterable[Any], kind: Kind | None) -> Kind:
                 f"kind={sorted(other)[0]!r} (or leave kind=None to take it from the problems)"
             )
     return kind
+
+
+def _check_same_problems(arms: Mapping[str, Sequence[TraceRecord]]) -> dict[str, set[str]]:
+    """The problem ids of each arm; refuses arms that answer different problems."""
+    ids = {arm: {r.id for r in records} for arm, records in arms.items()}
+    if ids["with"] != ids["without"]:
+        only_with, only_without = ids["with"] - ids["without"], ids["without"] - ids["with"]
+        parts = []
+        if only_with:
+            parts.append(f"{len(only_with)} only with reasoning (e.g. {_examples(only_with)})")
+        if only_without:
+            parts.append(
+                f"{len(only_without)} only without reasoning (e.g. {_examples(only_without)})"
+            )
+        raise EvaluationInputError(
+            f"the arms answer different problems ({len(ids['with'])} with, "
+            f"{len(ids['without'])} without reasoning): {'; '.join(parts)}. A paired "
+            "comparison needs the same problems in both: collect the missing ones (rerun "
+            "collect_traces with the same out= and all problems), or keep the shared ones "
+            "in both arms: shared = {r.id for r in with_runs} & {r.id for r in without_runs}; "
+            "with_runs = [r for r in with_runs if r.id in shared] (and the same for "
+            "without_runs)"
+        )
+    return ids
 
 
 # --------------------------------------------------------------------------------------------
@@ -1040,25 +1066,7 @@ def evaluate(
         "without": load_runs(without_runs, name="without_runs"),
     }
     info = {arm: _check_arm(arms[arm], arm) for arm in ARMS}  # type: ignore[index]
-    ids = {arm: {r.id for r in records} for arm, records in arms.items()}
-    if ids["with"] != ids["without"]:
-        only_with, only_without = ids["with"] - ids["without"], ids["without"] - ids["with"]
-        parts = []
-        if only_with:
-            parts.append(f"{len(only_with)} only with reasoning (e.g. {_examples(only_with)})")
-        if only_without:
-            parts.append(
-                f"{len(only_without)} only without reasoning (e.g. {_examples(only_without)})"
-            )
-        raise EvaluationInputError(
-            f"the arms answer different problems ({len(ids['with'])} with, "
-            f"{len(ids['without'])} without reasoning): {'; '.join(parts)}. A paired "
-            "comparison needs the same problems in both: collect the missing ones (rerun "
-            "collect_traces with the same out= and all problems), or keep the shared ones "
-            "in both arms: shared = {r.id for r in with_runs} & {r.id for r in without_runs}; "
-            "with_runs = [r for r in with_runs if r.id in shared] (and the same for "
-            "without_runs)"
-        )
+    ids = _check_same_problems(arms)
     by_id = _check_problems(problems)
     unknown = ids["with"] - by_id.keys()
     if unknown:
