@@ -821,14 +821,16 @@ class Evaluation:
                 acc = r.accuracy_with if arm == "with" else r.accuracy_without
                 if acc is None:
                     continue
-                bar = ax.bar(
+                ax.bar(
                     x + offset,
                     acc.estimate,
                     width,
                     color=colours[arm],
-                    label=f"{arm} reasoning ({self.modes[arm]})"  # type: ignore[index]
-                    if x == 0
-                    else None,
+                    label=None
+                    if x
+                    else "with reasoning"
+                    if arm == "with"
+                    else f"without reasoning ({self.modes['without']})",
                 )
                 ax.errorbar(
                     x + offset,
@@ -838,30 +840,41 @@ class Evaluation:
                     capsize=4,
                     lw=1.2,
                 )
-                ax.bar_label(bar, [f"{acc.estimate:.0%}"], label_type="center", color="white")
+                ax.text(
+                    x + offset,
+                    acc.high + 0.01,
+                    f"{acc.estimate:.0%}",
+                    ha="center",
+                    va="bottom",
+                    fontsize=8,
+                )
             if r.difference is not None:
                 d = r.difference.difference
-                top = max(a.high for a in (r.accuracy_with, r.accuracy_without) if a is not None)
                 ax.text(
                     x,
-                    min(top + 0.04, 1.12),
+                    1.09,
                     f"Δ {d.estimate:+.1%} [{d.low:+.1%}, {d.high:+.1%}]\np = {r.p_value:.2g}",
                     ha="center",
                     va="bottom",
                     fontsize=9,
                 )
             else:
-                ax.text(x, 0.05, r.note, ha="center", va="bottom", fontsize=8, wrap=True)
+                ax.text(x, 1.09, r.note, ha="center", va="bottom", fontsize=8, wrap=True)
         ax.set_xticks(range(len(SETS)), labels)
-        ax.set_ylim(0, 1.25)
+        ax.set_ylim(0, 1.22)
         ax.set_yticks(np.linspace(0, 1, 6))
         ax.set_ylabel(f"accuracy ({self.confidence:.0%} CI)")
-        ax.legend(loc="upper right", fontsize=8, frameon=False, bbox_to_anchor=(1.0, 1.0))
+        fig.legend(loc="outside lower center", ncols=2, fontsize=9, frameon=False)
         ax.spines[["top", "right"]].set_visible(False)
         test = "exact McNemar" if self.binary else "paired t on per-problem pass rates"
+        ns = self.n_samples
+        per = (
+            f"{ns['with']} sample{'s' * (ns['with'] > 1)}"
+            if ns["with"] == ns["without"]
+            else f"{ns['with']} / {ns['without']} samples"
+        )
         default = (
-            f"{self.models['with']}: accuracy with vs without reasoning "
-            f"({self.n_samples['with']}/{self.n_samples['without']} samples per problem; {test})"
+            f"{self.models['with']}: accuracy with vs without reasoning ({per} per problem; {test})"
         )
         _set_wrapped_title(ax, title if title is not None else default)
         if path is not None:
