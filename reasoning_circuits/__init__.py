@@ -18,9 +18,11 @@ from reasoning_circuits import (
     comparison,
     datasets,
     effects,
+    evaluation,
     fitting,
     generation,
     grading,
+    judging,
     metrics,
     organism,
     pairs,
@@ -45,6 +47,7 @@ from reasoning_circuits.errors import (
     TokenizerMismatchError,
     TraceFormatError,
 )
+from reasoning_circuits.evaluation import Evaluation, evaluate
 from reasoning_circuits.fitting import FitInfo, fit_to_context, min_fit_length
 from reasoning_circuits.heads import (
     Head,
@@ -75,6 +78,7 @@ __all__ = [
     "AttentionProfile",
     "ContextLengthError",
     "Effect",
+    "Evaluation",
     "FileFormatError",
     "FitInfo",
     "Head",
@@ -101,11 +105,14 @@ __all__ = [
     "contrast_heads",
     "datasets",
     "effects",
+    "evaluate",
+    "evaluation",
     "fit_to_context",
     "fitting",
     "generation",
     "grading",
     "induction_scores",
+    "judging",
     "load_model",
     "mean_head_outputs",
     "measure_effect",

@@ -205,7 +205,7 @@ def judge_prompt(
     response: str,
     *,
     think: Think = "required",
-    template: str = JUDGE_TEMPLATE,
+    template: str | None = None,
 ) -> str:
     """The judge's prompt for one response to ``problem``.
 
@@ -218,13 +218,14 @@ def judge_prompt(
         think: ``"required"`` for responses generated with reasoning (no ``</think>`` means
             the reasoning never ended); ``"optional"`` for responses generated without it.
         template: the prompt text with fields ``{history}``, ``{question}``, ``{response}``,
-            ``{checklist}`` (``{{``/``}}`` for literal braces).
+            ``{checklist}`` (``{{``/``}}`` for literal braces); default :data:`JUDGE_TEMPLATE`.
 
     Raises:
         UnjudgeableResponseError: the reasoning never closed (``reason="unfinished"``), the
             answer holds think tags (``"malformed"``), or the answer is empty (``"empty"``).
     """
     check_option(think, Think, "think")
+    template = JUDGE_TEMPLATE if template is None else template
     _check_template(template)
     if not isinstance(response, str):
         raise TypeError(f"response must be a str, got {type(response).__name__}")
@@ -649,8 +650,8 @@ def judge_runs(
     judge: Callable[[str], str],
     *,
     retries: int = 2,
-    template: str = JUDGE_TEMPLATE,
-    areas: Mapping[str, str] = TASK_AREAS,
+    template: str | None = None,
+    areas: Mapping[str, str] | None = None,
     exclude_tags: Sequence[str] = (),
     missing: Missing = "drop",
     confidence: float = 0.95,
@@ -667,8 +668,9 @@ def judge_runs(
             (record sets, sequences of records or JSONL paths), answering the same tasks.
         judge: ``judge(prompt) -> reply``; called once per response (more on retries).
         retries: extra calls when a reply has no readable score (then ``"unparseable"``).
-        template: the judge prompt (see :func:`judge_prompt`).
-        areas: ``primary_tag`` (lower case) → area; default R2A's four areas.
+        template: the judge prompt (see :func:`judge_prompt`; default :data:`JUDGE_TEMPLATE`).
+        areas: ``primary_tag`` (lower case) → area; default :data:`TASK_AREAS`, R2A's four
+            areas.
         exclude_tags: primary tags to leave out (R2A left out ``"Math"``).
         missing: ``"drop"`` (compare tasks scored in both arms) or ``"lowest"`` (unscored
             responses count as 1).
@@ -680,6 +682,8 @@ def judge_runs(
             ``(id, sample)``, or a record's id is not in ``problems``.
     """
     check_option(missing, Missing, "missing")
+    template = JUDGE_TEMPLATE if template is None else template
+    areas = TASK_AREAS if areas is None else areas
     _check_template(template)
     if not callable(judge):
         raise TypeError("judge must be a callable judge(prompt: str) -> str")

@@ -67,6 +67,8 @@ MODULES = (
     "reasoning_circuits.receivers",
     "reasoning_circuits.comparison",
     "reasoning_circuits.scaleout",
+    "reasoning_circuits.evaluation",
+    "reasoning_circuits.judging",
 )
 """Modules whose public names (``__all__``) must all appear in the document."""
 
@@ -197,6 +199,8 @@ def _param(name: str, kind: Any, default: ast.expr | None) -> inspect.Parameter:
 
 
 def _same_default(documented: str, real: Any) -> bool:
+    if documented in ("nan", "math.nan"):
+        return isinstance(real, float) and real != real
     try:
         value = ast.literal_eval(documented)
     except (ValueError, SyntaxError):

@@ -17,6 +17,7 @@ EXAMPLES = ROOT / "examples"
         ("quickstart.py", ["--n", "12"], "Top heads by emit→reasoning mass"),
         ("planted_heads.py", [], "L3H7"),
         ("intervention_study.py", ["--n", "12"], "answers_correct"),
+        ("r2a_evaluation.py", ["--n", "40"], "=== reasoning vs 'finished' ==="),
     ],
 )
 def test_example_runs(script, args, expected, tmp_path):
