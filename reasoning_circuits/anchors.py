@@ -12,7 +12,8 @@ sub-segments ``trace.sentences``), three measurements, each answering another qu
   and an exact test (:func:`reasoning_circuits.stats.two_proportions`); and the KL divergence
   between the two distributions of final answers.
 * **Removal** (teacher-forced): the log-probability of the answer tokens with sentence i's
-  tokens deleted from the sequence, against the intact sequence. Cheap (one forward per
+  tokens deleted from the sequence (leading whitespace-only tokens kept, see
+  :func:`content_span`), against the intact sequence. Cheap (one forward per
   sentence, batched), but a sequence with a hole is off-distribution.
 * **Attention suppression**: sentence i's tokens stay, but no later position may attend to
   them (in all heads, or in chosen heads): the change in answer log-probability, and per
@@ -101,6 +102,7 @@ __all__ = [
     "SentenceFilter",
     "SentenceImportance",
     "answer_kl_divergence",
+    "content_span",
     "embedding_filter",
     "lexical_filter",
     "removal_logprobs",
@@ -657,6 +659,20 @@ def _answer_ids(trace: Trace, tokenizer: Any, answer_text: str | None) -> tuple[
     return [*trace.ids[: answer.start], *forced], answer.start
 
 
+def content_span(trace: Trace, index: int) -> tuple[int, int]:
+    """Token span ``[start, stop)`` of sentence ``index`` without its leading whitespace-only
+    tokens (a newline after ``<think>``, a paragraph break): what removal deletes and
+    suppression hides, so the text around the hole keeps its separator."""
+    sentence = trace.sentences[index]
+    start = sentence.start
+    while start < sentence.stop:
+        a, b = trace.offsets[start]
+        if trace.text[a:b].strip():
+            break
+        start += 1
+    return start, sentence.stop
+
+
 def _run(model: Any, rows: list[list[int]], hooks: list[Hook]) -> Tensor:
     """Log-softmax of right-padded ``rows`` (float32 on CPU), hooks applied."""
     width = max(map(len, rows))
@@ -699,6 +715,10 @@ def removal_logprobs(
     """Teacher-forced answer log-probability of the intact trace, and with each sentence's
     tokens deleted (one sequence per sentence, batched forwards), in nats.
 
+    The deleted tokens are the sentence's :func:`content_span`: leading whitespace-only
+    tokens stay (deleting the newline after ``<think>`` with the first sentence would test
+    the model on a format it never saw, not on the missing content).
+
     ``answer_text``: score this answer after ``</think>`` instead of the trace's own.
     Returns ``(intact, removed)`` with ``removed[j]`` for ``sentences[j]`` (default: all).
     """
@@ -709,9 +729,9 @@ def removal_logprobs(
     rows = [base]
     starts = [answer_start]
     for i in chosen:
-        s = trace.sentences[i]
-        rows.append(base[: s.start] + base[s.stop :])
-        starts.append(answer_start - len(s))
+        lo, hi = content_span(trace, i)
+        rows.append(base[:lo] + base[hi:])
+        starts.append(answer_start - (hi - lo))
     scores: list[float] = []
     for lo in range(0, len(rows), batch_size):
         logprobs = _run(model, rows[lo : lo + batch_size], [])
@@ -757,7 +777,8 @@ def suppression_effects(
 ]:
     """Attention suppression of each sentence: later positions cannot attend to its tokens.
 
-    The pre-softmax scores (``hook_attn_scores``) of the sentence's keys are set to the
+    The pre-softmax scores (``hook_attn_scores``) of the sentence's keys (its
+    :func:`content_span`) are set to the
     dtype's minimum for every query at or after the sentence's end, in ``heads`` (default:
     every head of every layer); each row renormalises over the keys it still sees (at least
     itself). The sentence's own rows and everything before it are unchanged.
@@ -791,7 +812,7 @@ def suppression_effects(
     answer_rows = slice(answer_start - 1, len(base) - 1)
     for lo in range(0, len(chosen), batch_size):
         part = chosen[lo : lo + batch_size]
-        spans = torch.tensor([[trace.sentences[i].start, trace.sentences[i].stop] for i in part])
+        spans = torch.tensor([content_span(trace, i) for i in part])
         layers = range(n_layers) if by_layer is None else sorted(by_layer)
         hooks = [
             (act_name("attn_scores", layer), _suppress_hook(
