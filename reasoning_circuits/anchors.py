@@ -5,7 +5,8 @@ sub-segments ``trace.sentences``), three measurements, each answering another qu
 
 * **Resampling** (counterfactual): does the *outcome* change if the model had written
   something else here? ``k`` rollouts continue the exact token prefix ``ids[:sentence_i.stop]``
-  (sentence i *kept*); other rollouts continue ``ids[:sentence_i.start]`` and are kept only if
+  (sentence i *kept*); other rollouts continue the prefix before sentence i (before its
+  :func:`content_span`, so a leading newline stays) and are kept only if
   the first sentence they write *differs* from sentence i by a pluggable filter (sentence i
   *replaced*). Each rollout runs to the end of its answer and is graded. Per condition:
   P(correct) with a Wilson interval; ``Δ = P(kept) - P(replaced)`` with Newcombe's interval
@@ -953,6 +954,7 @@ def _resample_sentence(
         return str(tokenizer.decode([t for t in ids if t not in stop_ids]))
 
     k = spec.n_rollouts
+    content_start = content_span(trace, index)[0]
     kept = sample_rollouts(
         model,
         trace.ids[: sentence.stop],
@@ -974,7 +976,7 @@ def _resample_sentence(
         block = list(range(drawn, min(spec.max_resamples, drawn + spec.batch_size)))
         rollouts = sample_rollouts(
             model,
-            trace.ids[: sentence.start],
+            trace.ids[:content_start],
             [rollout_seed(spec.seed, trace_id, index, "replaced", r) for r in block],
             tokenizer=tokenizer,
             temperature=spec.temperature,

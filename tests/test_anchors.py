@@ -25,7 +25,13 @@ from reasoning_circuits.anchors import (
     token_jaccard,
 )
 from reasoning_circuits.metrics import answer_logprob
-from reasoning_circuits.organism import FILLERS, generate, make_problems
+from reasoning_circuits.organism import (
+    FILLERS,
+    format_completion,
+    format_prompt,
+    generate,
+    make_problems,
+)
 from reasoning_circuits.rollouts import sample_rollouts
 
 
@@ -38,13 +44,19 @@ def reasoner():
 @pytest.fixture(scope="module")
 def traces(reasoner):
     """Greedy, correct traces of held-out problems, some with filler sentences."""
-    problems = make_problems(12, seed=404, split="heldout", filler_rate=0.5)
+    return reference_traces(reasoner, make_problems(12, seed=404, split="heldout", filler_rate=0.5))
+
+
+def reference_traces(reasoner, problems):
+    """The task's reasoning (fillers included: greedy decoding never writes one) and answer,
+    for the problems the model answers right."""
     out = []
     for g in generate(reasoner, problems):
         if g.correct:
-            trace = rc.Trace.from_ids(g.ids, reasoner.tokenizer)
+            text = format_prompt(g.problem) + format_completion(g.problem)
+            trace = rc.Trace.from_text(text, reasoner.tokenizer)
             out.append((trace, str(g.problem.value)))
-    assert len(out) >= 8
+    assert len(out) >= 0.8 * len(problems)
     return out
 
 
@@ -70,11 +82,12 @@ def test_rollouts_do_not_depend_on_batch_size_or_on_the_shared_cache(reasoner, t
 
 
 def test_greedy_rollout_from_the_prompt_reproduces_the_greedy_trace(reasoner, traces):
-    trace, _ = traces[1]
-    prompt = trace.ids[: trace["think_open"].stop]
+    problem = make_problems(1, seed=9, split="heldout")[0]
+    g = generate(reasoner, [problem])[0]
+    prompt = g.ids[: len(reasoner.tokenizer.encode(format_prompt(problem)))]
     (rollout,) = sample_rollouts(reasoner, prompt, [0], temperature=0.0, max_new_tokens=200)
     assert rollout.stop_reason == "eos"
-    assert prompt + rollout.ids == trace.ids
+    assert prompt + rollout.ids == g.ids
 
 
 def test_rollouts_stop_where_watch_says_and_at_the_length_limit(reasoner, traces):
@@ -206,12 +219,21 @@ KW = {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 60, "kind": "gsm8k", "
 def test_thought_anchors_reproduce_exactly_whatever_the_batch_size(reasoner, traces):
     trace, gold = with_filler(traces)
     runs = [
-        thought_anchors(reasoner, trace, gold=gold, n_rollouts=4, batch_size=b, seed=7, **KW)
+        thought_anchors(
+            reasoner, trace, gold=gold, n_rollouts=3, max_resamples=6, batch_size=b, seed=7, **KW
+        )
         for b in (2, 16)
     ]
     assert [r.to_dict() for r in runs[0]] == [r.to_dict() for r in runs[1]]
     other = thought_anchors(
-        reasoner, trace, gold=gold, n_rollouts=4, seed=8, methods=["resampling"], **KW
+        reasoner,
+        trace,
+        gold=gold,
+        n_rollouts=3,
+        max_resamples=6,
+        seed=8,
+        methods=["resampling"],
+        **KW,
     )
     assert [r.alternatives for r in other] != [r.alternatives for r in runs[0]]
 
@@ -229,8 +251,11 @@ def test_records_are_consistent_with_their_counts(reasoner, traces):
         assert len(record.alternatives) == record.n_replaced
         differs = lexical_filter()
         assert all(differs(record.text, alt) for alt in record.alternatives)
-        assert row.delta == pytest.approx(row.p_kept - row.p_replaced)
-        assert row.delta_low <= row.delta <= row.delta_high
+        if record.n_replaced:
+            assert row.delta == pytest.approx(row.p_kept - row.p_replaced)
+            assert row.delta_low <= row.delta <= row.delta_high
+        else:  # no replacement found: no difference, not a made-up one
+            assert math.isnan(row.delta) and record.resampling is None
         assert record.removal_importance == pytest.approx(row.removal_importance)
         assert record.text == trace.sentence_texts[record.sentence]
 
@@ -311,14 +336,11 @@ def _proof(reasoner, n_problems: int, n_rollouts: int):
     problems = make_problems(n_problems, seed=2027, split="heldout", filler_rate=0.3)
     removal_top = resampling_top = total = 0
     fillers = []
-    for g in generate(reasoner, problems):
-        if not g.correct:
-            continue
-        trace = rc.Trace.from_ids(g.ids, reasoner.tokenizer)
+    for trace, gold in reference_traces(reasoner, problems):
         result = thought_anchors(
             reasoner,
             trace,
-            gold=str(g.problem.value),
+            gold=gold,
             methods=("removal", "resampling"),
             n_rollouts=n_rollouts,
             batch_size=32,
@@ -334,7 +356,7 @@ def _proof(reasoner, n_problems: int, n_rollouts: int):
 
 def test_the_result_sentence_is_the_removal_anchor_and_fillers_do_not_matter(reasoner):
     removal_top, _, total, fillers = _proof(reasoner, 4, 6)
-    assert removal_top >= 0.8 * total
+    assert removal_top >= total - 1  # the 80% goal is for 50 problems (slow test below)
     assert fillers and all(f.resampling.difference.contains(0) for f in fillers)
 
 
