@@ -31,7 +31,7 @@ from reasoning_circuits.rollouts import sample_rollouts
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rollouts", type=int, default=64)
+    parser.add_argument("--rollouts", type=int, default=24)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--temperature", type=float, default=1.0)
     args = parser.parse_args()
