@@ -18,6 +18,8 @@ the same traces before/after a change      :func:`paired_test` (:func:`paired_me
                                            hybrid on the differences; paired t, Wilcoxon
 k right out of n (accuracy)                :func:`proportion_ci`: Wilson, or exact
                                            (Clopper–Pearson)
+k_a of n_a against k_b of n_b (two         :func:`two_proportions`: Newcombe's hybrid
+independent rates, e.g. rollouts)          score interval; Fisher or Boschloo exact
 right/wrong before and after, same items   :func:`paired_binary`: Newcombe's paired
                                            interval; exact McNemar
 two independent groups (e.g. two models    :func:`two_sample`: hybrid (Welch t ∪
@@ -115,11 +117,13 @@ __all__ = [
     "paired_test",
     "proportion_ci",
     "simultaneous_ci",
+    "two_proportions",
     "two_sample",
 ]
 
 MeanMethod = Literal["auto", "hybrid", "studentized", "bca", "t", "percentile"]
 ProportionMethod = Literal["wilson", "exact"]
+ExactTest = Literal["fisher", "boschloo"]
 AdjustMethod = Literal["holm", "fdr_bh", "bonferroni"]
 NanPolicy = Literal["raise", "omit"]
 ClusterStatistic = Literal["mean", "cluster_mean"]
@@ -906,6 +910,54 @@ def paired_binary(
         )
     interval = _newcombe_paired(a, b, confidence)
     return Comparison(Interval(**{**interval.to_dict(), "dropped": dropped}), (test,))
+
+
+def two_proportions(
+    k_a: int,
+    n_a: int,
+    k_b: int,
+    n_b: int,
+    *,
+    confidence: float = 0.95,
+    test: ExactTest = "fisher",
+) -> Comparison:
+    """Two independent rates from counts: ``k_a / n_a - k_b / n_b``.
+
+    ``difference``: Newcombe's (1998, method 10) hybrid score interval (statsmodels), built
+    from the Wilson intervals of both rates, so it stays a real interval at 0 of n or n of n
+    (30 of 30 against 30 of 30 gives about ``[-0.114, 0.114]``) where :func:`two_sample`
+    cannot tell 0/1 outcomes from a constant measure and refuses. ``tests``: an exact test of
+    equal rates on the 2×2 table, ``"fisher"`` (conditional on both margins; conservative)
+    or ``"boschloo"`` (unconditional, more powerful, slower); its statistic is the sample
+    odds ratio (Fisher) or Boschloo's statistic, p = 1 when both rates are 0 or both are 1.
+    """
+    confidence = _check_confidence(confidence)
+    _check_option(test, ExactTest, "test")
+    k_a, n_a = _check_count(k_a, n_a)
+    k_b, n_b = _check_count(k_b, n_b)
+    low, high = confint_proportions_2indep(
+        k_a, n_a, k_b, n_b, method="newcomb", compare="diff", alpha=1 - confidence
+    )
+    estimate = k_a / n_a - k_b / n_b
+    table = [[k_a, n_a - k_a], [k_b, n_b - k_b]]
+    if (k_a + k_b) in (0, n_a + n_b):  # one outcome only: the table says nothing
+        statistic, p = math.nan, 1.0
+    elif test == "fisher":
+        odds, p = scipy.stats.fisher_exact(table)
+        statistic = float(odds)
+    else:
+        result = scipy.stats.boschloo_exact(table, alternative="two-sided")
+        statistic, p = float(result.statistic), float(result.pvalue)
+    interval = Interval(
+        estimate,
+        min(float(low), estimate),
+        max(float(high), estimate),
+        confidence,
+        "newcombe hybrid score",
+        n_a + n_b,
+    )
+    name = "fisher exact" if test == "fisher" else "boschloo exact"
+    return Comparison(interval, (HypothesisTest(name, statistic, float(min(p, 1.0)), n_a + n_b),))
 
 
 # ---------------------------------------------------------------------------- two groups

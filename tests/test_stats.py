@@ -693,3 +693,36 @@ def test_bootstrap_indices_are_seeded_draws_of_units():
     assert np.allclose(counts, 1 / 7, atol=0.02)
     with pytest.raises(ValueError, match="n_units"):
         bootstrap_indices(0, 500)
+
+
+def test_two_proportions_is_newcombe_from_wilson_and_fisher_by_hand():
+    from reasoning_circuits.stats import two_proportions
+
+    # Newcombe method 10 from the two Wilson intervals, written out
+    a, b = proportion_ci(7, 10), proportion_ci(2, 8)
+    d = 7 / 10 - 2 / 8
+    low = d - math.sqrt((a.estimate - a.low) ** 2 + (b.high - b.estimate) ** 2)
+    high = d + math.sqrt((a.high - a.estimate) ** 2 + (b.estimate - b.low) ** 2)
+    result = two_proportions(7, 10, 2, 8)
+    assert (result.difference.estimate, result.difference.low, result.difference.high) == (
+        pytest.approx((d, low, high))
+    )
+    assert result.difference.n == 18
+    # 3 of 3 against 0 of 3: the one table as extreme as this on each side, 2 / C(6, 3)
+    assert two_proportions(3, 3, 0, 3).p_value == pytest.approx(0.1)
+    assert two_proportions(3, 3, 0, 3, test="boschloo").p_value < 0.1  # unconditional: smaller
+
+
+def test_two_proportions_stays_an_interval_at_the_edges():
+    from reasoning_circuits.stats import two_proportions
+
+    same = two_proportions(30, 30, 30, 30)
+    assert same.difference.estimate == 0 and same.p_value == 1.0
+    assert same.difference.low == pytest.approx(-0.1135, abs=1e-3)
+    assert same.difference.contains(0) and same.difference.high > 0
+    none = two_proportions(0, 5, 0, 9)
+    assert none.p_value == 1.0 and none.difference.low < 0 < none.difference.high
+    with pytest.raises(ValueError, match="k must be in"):
+        two_proportions(4, 3, 0, 3)
+    with pytest.raises(ValueError, match="test must be one of"):
+        two_proportions(1, 3, 0, 3, test="chi2")

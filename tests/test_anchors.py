@@ -1,0 +1,368 @@
+"""Sentence importance: rollouts from shared prefixes, removal, suppression, the entry point."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import reasoning_circuits as rc
+from reasoning_circuits.anchors import (
+    AnchorFileMismatchError,
+    AnchorSet,
+    SentenceImportance,
+    answer_kl_divergence,
+    content_span,
+    embedding_filter,
+    lexical_filter,
+    removal_logprobs,
+    rollout_seed,
+    suppression_effects,
+    thought_anchors,
+    token_jaccard,
+)
+from reasoning_circuits.metrics import answer_logprob
+from reasoning_circuits.organism import (
+    FILLERS,
+    format_completion,
+    format_prompt,
+    generate,
+    make_problems,
+)
+from reasoning_circuits.rollouts import sample_rollouts
+
+
+@pytest.fixture(scope="module")
+def reasoner():
+    torch.manual_seed(0)
+    return rc.load_model("tiny-reasoner")
+
+
+@pytest.fixture(scope="module")
+def traces(reasoner):
+    """Greedy, correct traces of held-out problems, some with filler sentences."""
+    return reference_traces(reasoner, make_problems(12, seed=404, split="heldout", filler_rate=0.5))
+
+
+def reference_traces(reasoner, problems):
+    """The task's reasoning (fillers included: greedy decoding never writes one) and answer,
+    for the problems the model answers right."""
+    out = []
+    for g in generate(reasoner, problems):
+        if g.correct:
+            text = format_prompt(g.problem) + format_completion(g.problem)
+            trace = rc.Trace.from_text(text, reasoner.tokenizer)
+            out.append((trace, str(g.problem.value)))
+    assert len(out) >= 0.8 * len(problems)
+    return out
+
+
+def with_filler(traces):
+    for trace, gold in traces:
+        if any(t in FILLERS for t in trace.sentence_texts):
+            return trace, gold
+    raise AssertionError("no trace with a filler sentence")
+
+
+# --------------------------------------------------------------------------- rollouts
+def test_rollouts_do_not_depend_on_batch_size_or_on_the_shared_cache(reasoner, traces):
+    trace, _ = traces[0]
+    prefix = trace.ids[: trace.sentences[0].start]  # the first hop: where samples vary
+    seeds = [rollout_seed(0, "t", 0, "replaced", r) for r in range(6)]
+    kw = {"temperature": 1.5, "top_p": 1.0, "max_new_tokens": 16}
+    reference = sample_rollouts(reasoner, prefix, seeds, share_prefix=False, **kw)
+    assert len({r.ids for r in reference}) > 1  # a real sampling test, not greedy in disguise
+    for batch_size in (4, 6):
+        assert sample_rollouts(reasoner, prefix, seeds, batch_size=batch_size, **kw) == reference
+    other = sample_rollouts(reasoner, prefix, [s + 1 for s in seeds], **kw)
+    assert [r.ids for r in other] != [r.ids for r in reference]
+
+
+def test_greedy_rollout_from_the_prompt_reproduces_the_greedy_trace(reasoner, traces):
+    problem = make_problems(1, seed=9, split="heldout")[0]
+    g = generate(reasoner, [problem])[0]
+    prompt = g.ids[: len(reasoner.tokenizer.encode(format_prompt(problem)))]
+    (rollout,) = sample_rollouts(reasoner, prompt, [0], temperature=0.0, max_new_tokens=200)
+    assert rollout.stop_reason == "eos"
+    assert prompt + rollout.ids == g.ids
+
+
+def test_rollouts_stop_where_watch_says_and_at_the_length_limit(reasoner, traces):
+    trace, _ = traces[0]
+    prefix = trace.ids[: trace.sentences[0].stop]
+    stopped = sample_rollouts(
+        reasoner, prefix, [1, 2], temperature=0.0, watch=lambda r, ids: len(ids) == 3 + r
+    )
+    assert [len(r.ids) for r in stopped] == [3, 4]
+    assert {r.stop_reason for r in stopped} == {"watch"}
+    short = sample_rollouts(reasoner, prefix, [1], temperature=0.0, max_new_tokens=5)
+    assert short[0].stop_reason == "length" and len(short[0].ids) == 5
+    with pytest.raises(rc.ContextLengthError, match="context"):
+        sample_rollouts(reasoner, [0] * 256, [1], temperature=0.0)
+
+
+# --------------------------------------------------------------------------- filters, KL
+def test_lexical_filter_and_token_jaccard_by_hand():
+    assert token_jaccard("c=8*3=4.", "c=8*3=4.") == 1.0
+    # tokens c = 8 * 3 = 4 . vs c = 8 * 3 = 5 . : 7 shared of 9 in the union
+    assert token_jaccard("c=8*3=4.", "c=8*3=5.") == pytest.approx(7 / 9)
+    assert token_jaccard("", "") == 1.0
+    differs = lexical_filter(threshold=0.8)
+    assert not differs("Let me check.", "  let me   CHECK. ")  # same normalised text
+    assert differs("Let me check.", "Okay.")
+    assert differs("c=8*3=4.", "c=8*3=5.")  # 0.78 < 0.8
+    assert not lexical_filter(threshold=0.7)("c=8*3=4.", "c=8*3=5.")
+    with pytest.raises(ValueError, match="threshold"):
+        lexical_filter(threshold=0)
+
+
+def test_embedding_filter_uses_cosine_similarity_of_the_encoder():
+    vectors = {"a": [1.0, 0.0], "b": [0.6, 0.8], "c": [1.0, 0.1]}
+    calls = []
+
+    def encode(texts):
+        calls.extend(texts)
+        return np.array([vectors[t] for t in texts])
+
+    differs = embedding_filter(encode, threshold=0.8)
+    assert differs("a", "b")  # cosine 0.6
+    assert not differs("a", "c")  # cosine 0.995
+    assert calls.count("a") == 1  # cached
+
+
+def test_answer_kl_by_hand():
+    # add-one smoothing over {x, y}: p = (3/4, 1/4), q = (1/4, 3/4): KL = ln 3 / 2
+    assert answer_kl_divergence({"x": 2}, {"y": 2}) == pytest.approx(math.log(3) / 2)
+    assert answer_kl_divergence({"x": 5}, {"x": 9}) == 0.0
+    assert math.isnan(answer_kl_divergence({"x": 5}, {}))
+    assert answer_kl_divergence({None: 1}, {"7": 1}) > 0  # no answer is an answer value
+
+
+# --------------------------------------------------------------------------- removal
+def test_removal_equals_a_hand_built_trace_without_the_sentence(reasoner, traces):
+    """Character tokenizer: the text without the sentence tokenizes to exactly the ids."""
+    trace, _ = traces[2]
+    intact, removed = removal_logprobs(reasoner, trace, batch_size=3)
+    assert intact == pytest.approx(answer_logprob(reasoner, trace)[0], abs=1e-4)
+    for i, sentence in enumerate(trace.sentences):
+        body = trace.text_of(sentence)
+        cut = sentence.char_start + len(body) - len(body.lstrip())  # keep leading whitespace
+        text = trace.text[:cut] + trace.text[sentence.char_stop :]
+        bos = reasoner.tokenizer.bos_token
+        hand = rc.Trace.from_text(text[len(bos) :], reasoner.tokenizer)
+        assert len(hand) < len(trace)
+        assert removed[i] == pytest.approx(answer_logprob(reasoner, hand)[0], abs=1e-4)
+
+
+def test_content_span_keeps_the_newline_after_think(traces):
+    trace, _ = traces[0]
+    first = trace.sentences[0]
+    assert trace.text_of(first).startswith("\n")  # the tiny reasoner writes <think>\n
+    assert content_span(trace, 0) == (first.start + 1, first.stop)
+    later = trace.sentences[1]
+    assert content_span(trace, 1) == (later.start, later.stop)
+
+
+def test_removal_on_a_gpt2_shaped_model_matches_the_trace_built_from_the_ids():
+    model = rc.testing.tiny_gpt2(seed=3)
+    tok = model.tokenizer
+    trace = rc.Trace.from_parts("What is 2+3?", "First 2. Then 3. So 5.", " The answer is 5.", tok)
+    assert len(trace.sentences) == 3
+    _, removed = removal_logprobs(model, trace, sentences=[1], batch_size=1)
+    s = trace.sentences[1]
+    assert content_span(trace, 1) == (s.start, s.stop)  # BPE: " Then" carries its space
+    hand = rc.Trace.from_ids(trace.ids[: s.start] + trace.ids[s.stop :], tok)
+    assert removed[0] == pytest.approx(answer_logprob(model, hand)[0], abs=1e-4)
+    # a forced answer is scored instead of the trace's own
+    forced = " The answer is 6."
+    intact, _ = removal_logprobs(model, trace, sentences=[0], answer_text=forced)
+    ids = trace.ids[: trace["answer"].start] + tuple(tok.encode(forced, add_special_tokens=False))
+    assert intact == pytest.approx(answer_logprob(model, rc.Trace.from_ids(ids, tok))[0], abs=1e-4)
+
+
+# --------------------------------------------------------------------------- suppression
+def test_suppression_changes_nothing_before_the_sentence_ends(reasoner, traces):
+    trace, _ = traces[3]
+    n = len(trace.sentences)
+    intact, suppressed, kl, answer_kl = suppression_effects(reasoner, trace, batch_size=2)
+    assert intact == pytest.approx(answer_logprob(reasoner, trace)[0], abs=1e-4)
+    assert kl.shape == (n, n) and suppressed.shape == answer_kl.shape == (n,)
+    for i in range(n):
+        assert np.isnan(kl[i, : i + 1]).all()  # only later sentences are measured
+        assert (kl[i, i + 1 :] >= -1e-6).all() and answer_kl[i] >= -1e-6
+    # heads outside the model are refused; an empty head list too
+    with pytest.raises(ValueError, match="outside the model"):
+        suppression_effects(reasoner, trace, heads=[(9, 0)])
+    # suppressing in no layer but one: smaller answer KL than in every head
+    _, _, _, one = suppression_effects(reasoner, trace, heads=[(0, 0)], sentences=[n - 1])
+    assert one[0] <= answer_kl[n - 1] + 1e-6
+
+
+def test_suppressing_every_key_of_the_reasoning_hurts_the_answer_most_at_the_result(
+    reasoner, traces
+):
+    """The last sentence holds the value the answer copies; the first is recomputed later."""
+    hits = 0
+    for trace, _ in traces[:6]:
+        _, suppressed, _, _ = suppression_effects(reasoner, trace, batch_size=8)
+        hits += int(np.argmin(suppressed) == len(trace.sentences) - 1)
+    assert hits >= 5
+
+
+# --------------------------------------------------------------------------- entry point
+KW = {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 60, "kind": "gsm8k", "progress": False}
+
+
+def test_thought_anchors_reproduce_exactly_whatever_the_batch_size(reasoner, traces):
+    trace, gold = with_filler(traces)
+    runs = [
+        thought_anchors(
+            reasoner, trace, gold=gold, n_rollouts=3, max_resamples=6, batch_size=b, seed=7, **KW
+        )
+        for b in (2, 16)
+    ]
+    assert [r.to_dict() for r in runs[0]] == [r.to_dict() for r in runs[1]]
+    other = thought_anchors(
+        reasoner,
+        trace,
+        gold=gold,
+        n_rollouts=3,
+        max_resamples=6,
+        seed=8,
+        methods=["resampling"],
+        **KW,
+    )
+    assert [r.alternatives for r in other] != [r.alternatives for r in runs[0]]
+
+
+def test_records_are_consistent_with_their_counts(reasoner, traces):
+    trace, gold = with_filler(traces)
+    result = thought_anchors(reasoner, trace, gold=gold, n_rollouts=6, max_resamples=30, **KW)
+    assert len(result) == len(trace.sentences)
+    frame = result.to_frame()
+    for record, (_, row) in zip(result, frame.iterrows(), strict=True):
+        assert record.n_kept == 6 and record.n_replaced <= 6
+        assert sum(record.answers_kept.values()) == record.n_kept
+        assert sum(record.answers_replaced.values()) == record.n_replaced
+        assert record.n_drawn <= 30
+        assert len(record.alternatives) == record.n_replaced
+        differs = lexical_filter()
+        assert all(differs(record.text, alt) for alt in record.alternatives)
+        if record.n_replaced:
+            assert row.delta == pytest.approx(row.p_kept - row.p_replaced)
+            assert row.delta_low <= row.delta <= row.delta_high
+        else:  # no replacement found: no difference, not a made-up one
+            assert math.isnan(row.delta) and record.resampling is None
+        assert record.removal_importance == pytest.approx(row.removal_importance)
+        assert record.text == trace.sentence_texts[record.sentence]
+
+
+def test_resume_from_the_output_file_gives_the_same_records(reasoner, traces, tmp_path):
+    trace, gold = with_filler(traces)
+    out = tmp_path / "anchors.jsonl"
+    kw = dict(gold=gold, n_rollouts=3, max_resamples=6, **KW)
+    full = thought_anchors(reasoner, trace, **kw)
+    with pytest.warns(UserWarning, match="rollout_budget"):
+        part = thought_anchors(reasoner, trace, out=out, rollout_budget=9, **kw)
+    assert len(part) == 1  # 3 kept + 6 draws per sentence: one sentence fits
+    # an interrupted write leaves half a line: the rerun drops it
+    with open(out, "a") as handle:
+        handle.write('{"trace_id": "half')
+    resumed = thought_anchors(reasoner, trace, out=out, **kw)
+    assert [r.to_dict() for r in resumed] == [r.to_dict() for r in full]
+    lines = out.read_text().splitlines()
+    assert len(lines) == 1 + len(trace.sentences)  # the header, then one line per sentence
+    for line in lines:  # strict JSON: NaN would be refused here
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"non-standard JSON {c}"))
+    again = thought_anchors(reasoner, trace, out=out, **kw)  # nothing left to do
+    assert out.read_text().splitlines() == lines
+    assert [r.to_dict() for r in again] == [r.to_dict() for r in full]
+    with pytest.raises(AnchorFileMismatchError, match="n_rollouts"):
+        thought_anchors(reasoner, trace, out=out, **{**kw, "n_rollouts": 4})
+    loaded = AnchorSet.load(out)
+    assert [r.to_dict() for r in loaded] == [r.to_dict() for r in full]
+
+
+def test_save_and_load_round_trip_with_nan_as_null(reasoner, traces, tmp_path):
+    trace, _ = traces[0]
+    result = thought_anchors(reasoner, trace, methods=("removal", "suppression"), **KW)
+    path = result.save(tmp_path / "a.jsonl")
+    text = path.read_text()
+    assert "NaN" not in text and "null" in text  # suppression_kl[j] for j <= i
+    loaded = AnchorSet.load(path)
+    assert loaded.to_frame().equals(result.to_frame())
+    assert np.isnan(loaded[1].suppression_kl[0])
+    assert loaded.parameters["methods"] == ["removal", "suppression"]
+    with pytest.raises(rc.errors.FileFormatError, match="AnchorSet"):
+        (tmp_path / "x.jsonl").write_text('{"kind": "TraceRecords"}\n')
+        AnchorSet.load(tmp_path / "x.jsonl")
+
+
+def test_refusals(reasoner, traces):
+    trace, gold = traces[0]
+    with pytest.raises(ValueError, match="methods must be one of"):
+        thought_anchors(reasoner, trace, methods=("removl",))
+    with pytest.raises(ValueError, match="n_rollouts"):
+        thought_anchors(reasoner, trace, gold=gold, n_rollouts=0)
+    empty = rc.Trace.from_parts("q", "a=1. b=2.", "", reasoner.tokenizer)
+    with pytest.raises(ValueError, match="answer is empty"):
+        thought_anchors(reasoner, empty, methods=("removal",))
+    with pytest.raises(ValueError, match="gold answer"):
+        thought_anchors(reasoner, empty, methods=("resampling",))
+    with pytest.raises(TypeError, match="TransformerBridge"):
+        removal_logprobs(reasoner.original_model, trace)
+
+
+def test_study_conventions_label_by_the_sign_of_delta_only():
+    record = SentenceImportance(
+        "t", 0, "x", 0, 1, k_kept=3, n_kept=3, k_replaced=2, n_replaced=3, study_conventions=True
+    )
+    assert record.resampling_importance == pytest.approx(1 / 3)
+    assert record.is_anchor and record.is_positive
+    assert not record.resampling.difference.low > 0  # yet 3 of 3 vs 2 of 3 is no evidence
+    small = SentenceImportance("t", 1, "y", 1, 2, k_kept=2, n_kept=3, k_replaced=2, n_replaced=3)
+    assert small.is_anchor is None  # without the switch there are no such labels
+    both = AnchorSet((record, SentenceImportance(**{**record.__dict__, "sentence": 1})))
+    assert both.study_accuracy() == 1.0
+    with pytest.raises(ValueError, match="study_conventions"):
+        AnchorSet((small,)).study_accuracy()
+
+
+# --------------------------------------------------------------------------- the proof
+def _proof(reasoner, n_problems: int, n_rollouts: int):
+    problems = make_problems(n_problems, seed=2027, split="heldout", filler_rate=0.3)
+    removal_top = resampling_top = total = 0
+    fillers = []
+    for trace, gold in reference_traces(reasoner, problems):
+        result = thought_anchors(
+            reasoner,
+            trace,
+            gold=gold,
+            methods=("removal", "resampling"),
+            n_rollouts=n_rollouts,
+            batch_size=32,
+            **KW,
+        )
+        last = len(trace.sentences) - 1  # the step that computes the asked-for variable
+        total += 1
+        removal_top += int(result.top("removal").sentence == last)
+        resampling_top += int(result.top("resampling").sentence == last)
+        fillers += [r for r in result if r.text in FILLERS]
+    return removal_top, resampling_top, total, fillers
+
+
+def test_the_result_sentence_is_the_removal_anchor_and_fillers_do_not_matter(reasoner):
+    removal_top, _, total, fillers = _proof(reasoner, 4, 6)
+    assert removal_top >= total - 1  # the 80% goal is for 50 problems (slow test below)
+    assert fillers and all(f.resampling.difference.contains(0) for f in fillers)
+
+
+@pytest.mark.slow
+def test_the_result_sentence_is_the_anchor_over_50_problems(reasoner):
+    removal_top, _, total, fillers = _proof(reasoner, 50, 20)
+    assert total >= 45
+    assert removal_top >= 0.8 * total
+    assert all(f.resampling.difference.contains(0) for f in fillers)
