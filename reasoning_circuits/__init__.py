@@ -14,6 +14,7 @@ Data flows one way::
 """
 
 from reasoning_circuits import (
+    anchors,
     collection,
     comparison,
     datasets,
@@ -31,6 +32,7 @@ from reasoning_circuits import (
     prompts,
     reading,
     receivers,
+    rollouts,
     rows,
     scaleout,
     stats,
@@ -99,6 +101,7 @@ __all__ = [
     "Trace",
     "TraceFormatError",
     "align_pair",
+    "anchors",
     "capture_head_outputs",
     "collection",
     "comparison",
@@ -130,6 +133,7 @@ __all__ = [
     "read_traces",
     "reading",
     "receivers",
+    "rollouts",
     "rows",
     "scaleout",
     "segment_statistics",

@@ -932,7 +932,7 @@ def two_proportions(
     odds ratio (Fisher) or Boschloo's statistic, p = 1 when both rates are 0 or both are 1.
     """
     confidence = _check_confidence(confidence)
-    _check_option(test, ExactTest, "test")
+    check_option(test, ExactTest, "test")
     k_a, n_a = _check_count(k_a, n_a)
     k_b, n_b = _check_count(k_b, n_b)
     low, high = confint_proportions_2indep(

@@ -69,6 +69,8 @@ MODULES = (
     "reasoning_circuits.scaleout",
     "reasoning_circuits.evaluation",
     "reasoning_circuits.judging",
+    "reasoning_circuits.anchors",
+    "reasoning_circuits.rollouts",
 )
 """Modules whose public names (``__all__``) must all appear in the document."""
 
