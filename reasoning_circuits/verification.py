@@ -89,10 +89,13 @@ from __future__ import annotations
 
 import math
 import re
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Literal
+
+from reasoning_circuits.sentences import _atomic_spans
 
 __all__ = [
     "ArithmeticClaim",
@@ -213,6 +216,7 @@ class _Tok:
     decimals: int = 0
     truncated: bool = False
     word_rel: bool = False  # relation written as a word ("is", "equals")
+    currency: str = ""  # "dollar" after $, "euro" after €, ...
 
 
 _CMD_OPS = {"times": "*", "cdot": "*", "ast": "*", "div": "/", "bmod": "mod", "mod": "mod"}
@@ -224,10 +228,10 @@ _CMD_TRANSPARENT = {
 _CMD_TEXT = {"text", "textbf", "textit", "mathrm", "mbox", "mathit", "operatorname", "textrm"}
 _CMD_BREAK = {
     "neq", "ne", "le", "leq", "ge", "geq", "lt", "gt", "pm", "mp", "implies", "Rightarrow",
-    "rightarrow", "to", "iff", "Leftrightarrow", "cdots", "ldots", "dots", "quad_break",
-    "begin", "end", "item", "hline", "newline", "cr",
+    "rightarrow", "to", "iff", "Leftrightarrow", "begin", "end", "item", "hline", "newline",
+    "cr",
 }  # fmt: skip
-_CURRENCY = "£€¥₹"
+_CMD_GAP = {"cdots", "ldots", "dots", "vdots", "vert", "lvert", "rvert", "mid", "Vert"}
 _WORD_OPS = {"plus": "+", "minus": "-", "times": "*", "of": "of", "mod": "mod"}
 _WORD_RELS = {"equals": "=", "is": "=", "gives": "=", "makes": "=", "yields": "="}
 _APPROX_WORDS = {"approximately", "approx", "about", "roughly", "around", "nearly"}
@@ -264,10 +268,18 @@ _STOP_WORDS = {
     "does", "did", "let", "me", "us", "now", "thus", "hence", "therefore", "into", "an",
     "equal", "more", "less", "fewer", "left", "remaining", "after", "before", "over",
     "under", "divided", "multiplied", "gives", "makes", "yields", "equals", "about",
-    "approximately", "roughly", "around", "nearly", "all", "only", "just", "what", "how",
+    "approximately", "roughly", "around", "nearly", "all", "only", "just", "what", "how", "off",
     "why", "where", "our", "my", "his", "her", "their", "its",
 }  # fmt: skip
-_SINGLE_LETTER_UNITS = {"m", "g", "s", "h", "L"}
+# "a total of 3 + 4": after these words "of" is prose, not a multiplication.
+_PROSE_OF = {
+    "total", "sum", "product", "difference", "quotient", "cost", "costs", "price", "value",
+    "result", "amount", "profit", "revenue", "area", "perimeter", "volume", "number",
+    "count", "length", "width", "height", "distance", "weight", "speed", "rate", "savings",
+    "earnings", "remainder", "balance", "income", "bill",
+}  # fmt: skip
+_CURRENCIES = {"$": "dollar", "£": "sterling", "€": "euro", "¥": "yen", "₹": "rupee"}
+_BREAK_CHARS = set(".,;:?!'\"“”‘’—`")
 
 _UNIT_ALIASES = {
     "feet": "foot", "ft": "foot", "inches": "inch", "in": "inch", "pennies": "penny",
@@ -283,7 +295,7 @@ _KNOWN_UNITS = {
     "millimeter", "centimeter", "meter", "kilometer", "inch", "foot", "yard", "mile",
     "milligram", "gram", "kilogram", "pound", "ounce", "ton", "tonne", "milliliter", "liter",
     "gallon", "quart", "pint", "cup", "tablespoon", "teaspoon", "dollar", "cent", "penny",
-    "nickel", "dime",
+    "nickel", "dime", "sterling", "euro", "yen", "rupee",
 }  # fmt: skip
 
 _TOKEN_RE = re.compile(
@@ -291,16 +303,17 @@ _TOKEN_RE = re.compile(
     r"|(?P<nl>\n|\\\\)"
     r"|(?P<ws>[^\S\n]+|\\[,;:! ]|~(?=\s*\\)|\\(?:quad|qquad)(?![A-Za-z]))"
     r"|(?P<gsm><<|>>)"
-    r"|(?P<num>(?:(?<![\w.])\d{1,3}(?:(?:,|\{,\}|\\,)\d{3})+(?![\d])|\d+|(?<![\d\w])(?=\.\d))"
+    r"|(?P<based>\d+_(?:\{[^{}\n]{0,10}\}|[A-Za-z0-9]))"  # 1010_2, 100_{2}: not decimal
+    r"|(?P<rep>(?<![\d.])(?P<rep_int>\d*)\.(?P<rep_fix>\d*)\\overline\{(?P<rep_cyc>\d{1,30})\})"
+    r"|(?P<num>(?:(?<![\d.])\d{1,3}(?:(?:,|\{,\}|\\,|,\\!)\d{3})+(?![\d])|\d+|(?<![\d\w])(?=\.\d))"
     r"(?:\.\d+)?)(?P<ell>\.\.\.|…)?"
     r"|(?P<cmd>\\[A-Za-z]+)"
     r"|(?P<esc>\\[^A-Za-z\n])"
-    r"|(?P<ident>[A-Za-z]+(?:_(?:\{[^{}\n]{0,20}\}|[A-Za-z0-9]))?)"
+    r"|(?P<ident>[A-Za-z]+(?:['’][A-Za-z]+|_(?:\{[^{}\n]{0,20}\}|[A-Za-z0-9]))?)"
     r"|(?P<star2>\*\*)"
     r"|(?P<other>.)",
     re.DOTALL,
 )
-_DISPLAY_RE = re.compile(r"\\\[.{0,5000}?\\\]|\$\$.{0,5000}?\$\$", re.DOTALL)
 _BULLET_RE = re.compile(r"[^\S\n]*(?:[-*+•]|\d{1,2}\)|[a-z]\))[^\S\n]")
 _CONTINUATION_RE = re.compile(r"\s*&?\s*(?:=|≈|\\approx|\\times|×|\\cdot)")
 _SYMBOLS = {
@@ -329,7 +342,7 @@ _SYMBOLS = {
 
 def _number_token(m: re.Match[str], space: bool) -> _Tok:
     raw = m.group("num")
-    digits = raw.replace("{,}", "").replace("\\,", "").replace(",", "")
+    digits = raw.replace("{,}", "").replace("\\,", "").replace("\\!", "").replace(",", "")
     whole, _, frac = digits.partition(".")
     value = Fraction(int(whole or "0") * 10 ** len(frac) + int(frac or "0"), 10 ** len(frac))
     return _Tok(
@@ -344,11 +357,37 @@ def _number_token(m: re.Match[str], space: bool) -> _Tok:
     )
 
 
-def _tokenize(text: str) -> list[_Tok]:
-    displays = [(m.start(), m.end()) for m in _DISPLAY_RE.finditer(text)]
+def _repeating_token(m: re.Match[str], space: bool) -> _Tok:
+    """``0.\\overline{3}`` = 1/3, ``0.1\\overline{6}`` = 1/6: an exact value."""
+    whole, fixed, cycle = m.group("rep_int"), m.group("rep_fix"), m.group("rep_cyc")
+    base = Fraction(int(whole or "0")) + Fraction(int(fixed or "0"), 10 ** len(fixed))
+    value = base + Fraction(int(cycle), 10 ** len(fixed) * (10 ** len(cycle) - 1))
+    return _Tok("num", m.group(), m.start(), m.end(), space, value=value, decimals=0)
 
-    def in_display(pos: int) -> bool:
-        return any(a < pos < b for a, b in displays)
+
+def _math_layout(text: str) -> tuple[list[tuple[int, int]], set[int]]:
+    """Math spans (inline and display) and the positions of their delimiter characters."""
+    spans: list[tuple[int, int]] = []
+    edges: set[int] = set()
+    for start, stop, kind, body_stop in _atomic_spans(text):
+        if kind == "group":
+            continue
+        spans.append((start, stop))
+        opener = 2 if text.startswith(("$$", "\\(", "\\["), start) else 1
+        if text.startswith("\\begin", start):
+            continue  # \begin/\end are commands: they break by themselves
+        edges.update(range(start, start + opener))
+        edges.update(range(body_stop, stop))
+    return spans, edges
+
+
+def _tokenize(text: str) -> list[_Tok]:
+    math_spans, edges = _math_layout(text)
+    starts = [a for a, _ in math_spans]
+
+    def in_math(pos: int) -> bool:
+        k = bisect.bisect_right(starts, pos) - 1
+        return k >= 0 and pos < math_spans[k][1]
 
     toks: list[_Tok] = []
     braces: list[bool] = []  # True: the brace group is a parenthesis; False: transparent
@@ -358,10 +397,13 @@ def _tokenize(text: str) -> list[_Tok]:
     pos = 0
     n = len(text)
 
+    currency = ""
+
     def emit(kind: str, start: int, stop: int, op: str = "") -> None:
-        nonlocal space
+        nonlocal space, currency
         toks.append(_Tok(kind, text[start:stop], start, stop, space, op=op))
         space = False
+        currency = ""
 
     while pos < n:
         if line_start:
@@ -378,12 +420,15 @@ def _tokenize(text: str) -> list[_Tok]:
         pos = stop
         if kind == "ell":  # lastgroup of a number with an ellipsis
             kind = "num"
-        if kind == "modn" or kind == "pmodn":
-            kind = "modc"
+        if kind == "rep_cyc":
+            kind = "rep"
         if kind == "ws":
             space = True
+        elif start in edges:  # an inline or display math delimiter ends a run
+            emit("break", start, stop)
+            pos = max(pos, start + 1)
         elif kind == "nl":
-            if in_display(start):
+            if text[start] == "\n" and in_math(start):
                 space = True
                 continue
             prev = toks[-1] if toks else None
@@ -397,11 +442,15 @@ def _tokenize(text: str) -> list[_Tok]:
             modulus = m.group("modn") or m.group("pmodn")
             emit("modc", start, stop)
             toks[-1].value = Fraction(int(modulus))
+        elif kind == "based":
+            emit("var", start, stop)
         elif kind == "gsm":
             emit("break", start, stop)
-        elif kind == "num":
-            toks.append(_number_token(m, space))
-            space = False
+        elif kind in ("num", "rep"):
+            tok = _number_token(m, space) if kind == "num" else _repeating_token(m, space)
+            tok.currency = currency
+            toks.append(tok)
+            space, currency = False, ""
         elif kind == "cmd":
             pos = _command(text, m, toks, emit, pos)
             if m.group()[1:] in _CMD_TEXT and text.startswith("{", pos):
@@ -410,8 +459,12 @@ def _tokenize(text: str) -> list[_Tok]:
             ch = m.group()[1]
             if ch == "%":
                 emit("pct", start, stop, "%")
-            elif ch in "()[]$":
-                pass  # math delimiters and escaped dollar signs are transparent
+            elif ch == "|":
+                emit("gap", start, stop)
+            elif ch == "$":
+                currency = "dollar"
+            elif ch in "()[]":
+                pass  # unpaired math delimiters are transparent
             elif ch == "{":
                 emit("lp", start, stop, "(")
             elif ch == "}":
@@ -462,10 +515,16 @@ def _tokenize(text: str) -> list[_Tok]:
                     and (after == "" or not after.isalnum())
                 )
                 emit("post" if fact else "break", start, stop, "!")
-            elif ch == "$" or ch in _CURRENCY or ch == "&":
-                pass  # currency, math delimiters and alignment are transparent
-            else:
+            elif ch in _CURRENCIES:
+                currency = _CURRENCIES[ch]
+            elif ch == "&":
+                pass  # alignment
+            elif ch in "²³":
+                emit("post", start, stop, "sq" if ch == "²" else "cube")
+            elif ch in _BREAK_CHARS:
                 emit("break", start, stop)
+            else:  # "|", "_", "@", "#", "<", ">", "…": the checker cannot read what it joins
+                emit("gap", start, stop)
     return _postprocess(toks)
 
 
@@ -498,8 +557,13 @@ def _command(
             emit("op", start, stop, "sqrt")
     elif name in ("left", "right"):
         nxt = text[stop : stop + 1]
-        if nxt in (".", "|"):
+        if nxt == ".":
             return stop + 1
+        if nxt == "|":
+            emit("gap", start, stop + 1)
+            return stop + 1
+    elif name in _CMD_GAP:
+        emit("gap", start, stop)
     elif name in _CMD_BREAK:
         emit("break", start, stop)
     elif name in _CMD_TRANSPARENT or name in _CMD_TEXT:
@@ -549,15 +613,7 @@ def _postprocess(toks: list[_Tok]) -> list[_Tok]:
             elif w in ("x", "X") and _is_times_x(toks, i):
                 t.kind, t.op = "op", "*"
             elif len(t.text) == 1 or "_" in t.text:
-                prev = toks[i - 1] if i else None
-                unit = (
-                    t.text in _SINGLE_LETTER_UNITS
-                    and prev is not None
-                    and prev.kind == "num"
-                    and t.space
-                )
-                if not unit:
-                    t.kind = "var"
+                t.kind = "var"
             elif (
                 not t.space
                 and i
@@ -589,6 +645,10 @@ def _is_times_x(toks: list[_Tok], i: int) -> bool:
 
 
 def _unit_name(word: str) -> str:
+    """Normalised unit name: ``"Hours"`` → ``"hour"``, ``"inches^2"`` → ``"inch^2"``."""
+    base, caret, power = word.partition("^")
+    if caret:
+        return _unit_name(base) + "^" + power
     w = word.lower()
     if w in _UNIT_ALIASES:
         return _UNIT_ALIASES[w]
@@ -636,11 +696,37 @@ _Value = Fraction | None  # None: not an exact rational we can compute
 def _known_units(node: _Node) -> set[str]:
     out: set[str] = set()
     for leaf in node.leaves():
+        if leaf.tok is not None and leaf.tok.currency:
+            out.add(leaf.tok.currency)
         if leaf.units:
             u = _unit_name(leaf.units[-1])
-            if u in _KNOWN_UNITS:
+            if u.partition("^")[0] in _KNOWN_UNITS:
                 out.add(u)
     return out
+
+
+def _percent_leaves(node: _Node) -> tuple[int, int]:
+    """(number of percentage leaves, number of leaves)."""
+    if node.kind == "post" and node.op == "%":
+        inner = node.children[0]
+        return (1, 1) if inner.kind == "num" else _percent_leaves(inner)
+    if node.kind in ("num", "var"):
+        return 0, 1
+    counts = [_percent_leaves(c) for c in node.children]
+    return sum(c[0] for c in counts), sum(c[1] for c in counts)
+
+
+def _is_share(node: _Node) -> bool:
+    """A bare proper fraction of two integers, ``2/5``: a share of some unstated whole."""
+    while node.kind == "group":
+        node = node.children[0]
+    if node.kind != "bin" or node.op not in ("/", "frac"):
+        return False
+    a, b = node.children
+    if not (_is_integer_literal(a) and _is_integer_literal(b)):
+        return False
+    assert a.tok is not None and b.tok is not None
+    return a.tok.value is not None and b.tok.value is not None and a.tok.value < b.tok.value
 
 
 def _evaluate(node: _Node) -> _Value:
@@ -755,7 +841,9 @@ class _Parser:
                 op = t.op
             elif not t.space and self._starts_operand(t) and self._juxtaposable(left):
                 right = self.unary()
-                op = "*"
+                # "1\frac{1}{4}" is a mixed number; other juxtapositions multiply
+                mixed = t.kind == "op" and t.op == "frac" and _is_integer_literal(left)
+                op = "+" if mixed else "*"
             else:
                 break
             left = _Node("bin", op, (left, right), first=left.first, last=right.last)
@@ -819,6 +907,18 @@ class _Parser:
                 and self.toks[self.i + 1].op not in _STOP_WORDS
             ):
                 words.append("per " + self.toks[self.i + 1].op)
+                self.i += 2
+            elif words and t.kind == "post" and t.op in ("sq", "cube"):  # cm²
+                words[-1] += "^" + ("2" if t.op == "sq" else "3")
+                self.i += 1
+            elif (
+                words
+                and t.kind == "op"
+                and t.op == "^"
+                and self.i + 1 < self.hi
+                and self.toks[self.i + 1].kind == "num"
+            ):  # cm^2
+                words[-1] += "^" + self.toks[self.i + 1].text
                 self.i += 2
             else:
                 break
@@ -899,6 +999,11 @@ class _Parser:
         return _Node("bin", "+", (whole, frac), first=first, last=self.i)
 
 
+def _is_integer_literal(node: _Node) -> bool:
+    tok = node.tok
+    return node.kind == "num" and not node.units and tok is not None and tok.decimals == 0
+
+
 def _try_parse(toks: Sequence[_Tok], lo: int, hi: int) -> _Node | None:
     if lo >= hi:
         return None
@@ -925,15 +1030,33 @@ def _suffix_side(toks: Sequence[_Tok], lo: int, hi: int) -> _Side | None:
         node = _try_parse(toks, s, hi)
         if node is None:
             continue
-        if s > lo:
-            before = toks[s - 1]
-            if before.kind in ("op", "qword") or before.kind in _OPERANDISH:
-                return None
-            first = toks[s]
-            if first.kind == "op" and first.op in ("+", "-") and before.kind == "word":
-                return None
+        if s > lo and _cut_before(toks, lo, s):
+            return None
         return _Side(node, s, hi)
     return None
+
+
+def _cut_before(toks: Sequence[_Tok], lo: int, s: int) -> bool:
+    """Whether the token before a side starting at ``s`` cuts it off (see module docstring)."""
+    before, first = toks[s - 1], toks[s]
+    # "a total of 3 + 4" is prose; "half of 10 + 2" and "20% of 5 + 1" are cut off
+    prose_of = (
+        before.op == "of" and s - 2 >= lo and toks[s - 2].kind == "word"
+        and toks[s - 2].op in _PROSE_OF
+    )  # fmt: skip
+    if (before.kind in ("op", "qword") or before.kind in _OPERANDISH) and not prose_of:
+        return True
+    if before.kind == "gap" and not first.space:
+        return True
+    if before.kind not in ("word", "gap"):
+        return False
+    if first.kind == "op" and first.op == "+":
+        return True  # nobody writes a unary plus after prose: "... + 3"
+    if first.kind == "op" and first.op == "-":
+        # "Then -3 + 5" is a negative number; "total - 3", "\dots - 3" are cut off
+        glued = s + 1 < len(toks) and not toks[s + 1].space
+        return before.kind == "gap" or not (first.space and glued)
+    return False
 
 
 def _prefix_side(toks: Sequence[_Tok], lo: int, hi: int) -> _Side | None:
@@ -945,6 +1068,8 @@ def _prefix_side(toks: Sequence[_Tok], lo: int, hi: int) -> _Side | None:
         if e < hi:
             after = toks[e]
             if after.kind in ("qword", "num") or (after.kind == "op" and after.op != "of"):
+                return None
+            if after.kind == "gap" and not after.space:
                 return None
         return _Side(node, lo, e)
     return None
@@ -980,6 +1105,16 @@ def _within(t: Fraction, s: Fraction, tol: Fraction, strict: bool) -> bool:
     return abs(t - s) < tol if strict else abs(t - s) <= tol
 
 
+def _modular(t: Fraction, s: Fraction, modulus: int) -> bool:
+    """Whether ``t ≡ s (mod m)`` is meaningful: ``s`` an integer and ``t``'s denominator
+    invertible mod m (``17^{-1} ≡ 44 (mod 83)``)."""
+    return s.denominator == 1 and math.gcd(t.denominator, modulus) == 1
+
+
+def _congruent(t: Fraction, s: Fraction, modulus: int) -> bool:
+    return (t - s).numerator % modulus == 0
+
+
 def _judge(
     t: Fraction,
     stated: _Node,
@@ -995,15 +1130,15 @@ def _judge(
     s_value = _evaluate(stated)
     assert s_value is not None
     if bare is None:
-        if modulus and t.denominator == 1 and s_value.denominator == 1:
-            return (t - s_value) % modulus == 0, "modulo", s_value, None
+        if modulus and _modular(t, s_value, modulus):
+            return _congruent(t, s_value, modulus), "modulo", s_value, None
         return t == s_value, "exact", s_value, None
     written, d, pct, truncated = bare
     if other_bare is not None:  # two bare numbers: the coarser precision
         d = min(d, other_bare[1])
         truncated = truncated or other_bare[3]
-    if modulus and t.denominator == 1 and s_value.denominator == 1:
-        return (t - s_value) % modulus == 0, "modulo", s_value, d
+    if modulus and _modular(t, s_value, modulus):
+        return _congruent(t, s_value, modulus), "modulo", s_value, d
     if t == s_value:
         return True, "exact", s_value, d
     approx = relation == "≈" or d > 0 or truncated
@@ -1023,6 +1158,7 @@ def _link_claim(
     right: _Side,
     rel: _Tok,
     modulus: int | None,
+    first_link: bool,
 ) -> ArithmeticClaim | None:
     """The claim made by ``left rel right``, or ``None`` when it is not a numeric claim."""
     relation = rel.op
@@ -1041,9 +1177,9 @@ def _link_claim(
     if lv is None or rv is None:
         return None
 
-    def src(side: _Side | _Node) -> tuple[str, int, int]:
+    def src(side: _Side | _Node, trim: bool = False) -> tuple[str, int, int]:
         lo, hi = (side.lo, side.hi) if isinstance(side, _Side) else (side.first, side.last)
-        while hi - 1 > lo and toks[hi - 1].kind == "word":  # trailing unit words
+        while trim and hi - 1 > lo and toks[hi - 1].kind == "word":  # trailing unit words
             hi -= 1
         a, b = toks[lo].start, toks[hi - 1].stop
         return text[a:b], a, b
@@ -1056,7 +1192,7 @@ def _link_claim(
     c_value = lv if comp is left else rv
     s_value = rv if comp is left else lv
     expr_text, a0, b0 = src(comp)
-    stated_text, a1, b1 = src(stated)
+    stated_text, a1, b1 = src(stated, trim=True)
     span = (min(a0, a1), max(b0, b1))
     rel_op: Relation = "≈" if relation == "≈" else "≡" if relation == "≡" else "="
     if isinstance(c_value, str) or isinstance(s_value, str):
@@ -1080,7 +1216,7 @@ def _link_claim(
         if lead is not None:
             ok2, _, lead_value, d2 = _judge(c_value, lead, None, relation, modulus)
             if ok2:
-                lead_text, _, b2 = src(lead)
+                lead_text, _, b2 = src(lead, trim=True)
                 return ArithmeticClaim(
                     expr_text,
                     lead_text,
@@ -1093,10 +1229,19 @@ def _link_claim(
                     d2,
                     modulus,
                 )
+    if not ok and lb is not None and rb is None and stated is left and first_link:
+        # "4 students drank 1.5 quarts = 4 * 1.5 = 6": a label restating an operand
+        if any(leaf.tok is not None and leaf.tok.value == lb[0] for leaf in comp.node.leaves()):
+            return None
     if not ok:
-        us, uc = _known_units(stated.node), _known_units(comp.node)
-        if us and uc and not us & uc:
-            return None  # different known units: possibly a conversion
+        inner = stated.node
+        while inner.kind == "group":
+            inner = inner.children[0]
+        if inner.kind == "post" and inner.op in _MULTIPLIERS:
+            # "240/12 = 20 dozen": the multiplier word names the unit
+            ok, rule, _, decimals = _judge(c_value, inner.children[0], other, relation, modulus)
+    if not ok and _skip_failed(left, right, stated is left, rel):
+        return None
     return ArithmeticClaim(
         expr_text,
         stated_text,
@@ -1109,6 +1254,21 @@ def _link_claim(
         decimals,
         modulus,
     )
+
+
+def _skip_failed(left: _Side, right: _Side, stated_left: bool, rel: _Tok) -> bool:
+    """Rules that turn a failed check into "not a claim" (see the module docstring)."""
+    stated, comp = (left, right) if stated_left else (right, left)
+    us, uc = _known_units(stated.node), _known_units(comp.node)
+    if us and uc and not us & uc:
+        return True  # different known units: possibly a conversion
+    for a, b in ((left, right), (right, left)):
+        pa, na = _percent_leaves(a.node)
+        pb, _ = _percent_leaves(b.node)
+        if pa == na and pb == 0:
+            return True  # "48 = 100% + 20%": percentages of an unstated base
+    # "2/5 is equal to 12.8 hectares": a share of a whole, in words
+    return rel.word_rel and (_is_share(left.node) or _is_share(right.node))
 
 
 @dataclass
@@ -1141,6 +1301,14 @@ def _chains(toks: list[_Tok]) -> list[_Chain]:
             current.sides.append(_suffix_side(toks, lo, hi))
             current.rels.append(toks[hi])
     return chains
+
+
+# "1 = \sqrt{9} + 4, which is not true": the writer already rejects the equation.
+_NEGATED = re.compile(
+    r"[^.\n]{0,12}?(?:which|this|that|it)?\s*(?:is|'s)\s+(?:not\s+(?:true|correct|right)|false|"
+    r"wrong|incorrect|impossible)|[$\\)\s,]*(?:\\neq|≠|is\s+false|doesn't\s+hold|does\s+not\s+hold)",
+    re.IGNORECASE,
+)
 
 
 def verify_arithmetic(text: str, *, modulus: int | None = None) -> list[ArithmeticClaim]:
@@ -1176,6 +1344,7 @@ def verify_arithmetic(text: str, *, modulus: int | None = None) -> list[Arithmet
         clause = int(tok.value) if tok.kind == "modc" and tok.value is not None else None
         claims.extend(_run_claims(text, run, modulus if clause is None else clause))
         run = []
+    claims = [c for c in claims if not _NEGATED.match(text, c.span[1])]
     return sorted(claims, key=lambda c: c.span)
 
 
@@ -1192,7 +1361,7 @@ def _run_claims(text: str, run: list[_Tok], modulus: int | None) -> list[Arithme
                 continue
             if rel.word_rel and not left.node.has_op():
                 continue
-            claim = _link_claim(text, run, left, right, rel, modulus)
+            claim = _link_claim(text, run, left, right, rel, modulus, k == 0)
             if claim is not None:
                 out.append(claim)
     return out
