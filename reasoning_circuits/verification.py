@@ -87,9 +87,9 @@ prose that puts an unrelated number right before an operator can still be misrea
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
-import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -1229,10 +1229,12 @@ def _link_claim(
                     d2,
                     modulus,
                 )
-    if not ok and lb is not None and rb is None and stated is left and first_link:
-        # "4 students drank 1.5 quarts = 4 * 1.5 = 6": a label restating an operand
-        if any(leaf.tok is not None and leaf.tok.value == lb[0] for leaf in comp.node.leaves()):
-            return None
+    # "4 students drank 1.5 quarts = 4 * 1.5 = 6": a label restating an operand
+    restated = lb is not None and any(
+        leaf.tok is not None and leaf.tok.value == lb[0] for leaf in comp.node.leaves()
+    )
+    if not ok and restated and rb is None and stated is left and first_link:
+        return None
     if not ok:
         inner = stated.node
         while inner.kind == "group":
