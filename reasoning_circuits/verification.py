@@ -187,9 +187,9 @@ def format_value(value: Fraction | str, decimals: int | None = None) -> str:
     if value.denominator == 1:
         return str(value.numerator)
     if decimals:
-        scaled = value * 10**decimals
-        rounded = math.floor(scaled + Fraction(1, 2))
-        sign = "-" if rounded < 0 else ""
+        scaled = abs(value) * 10**decimals
+        rounded = math.floor(scaled + Fraction(1, 2))  # half away from zero
+        sign = "-" if value < 0 and rounded else ""
         digits = str(abs(rounded)).rjust(decimals + 1, "0")
         return f"{sign}{digits[:-decimals]}.{digits[-decimals:]}"
     return f"{value} (≈ {float(value):.6g})"
@@ -1264,11 +1264,9 @@ def _skip_failed(left: _Side, right: _Side, stated_left: bool, rel: _Tok) -> boo
     us, uc = _known_units(stated.node), _known_units(comp.node)
     if us and uc and not us & uc:
         return True  # different known units: possibly a conversion
-    for a, b in ((left, right), (right, left)):
-        pa, na = _percent_leaves(a.node)
-        pb, _ = _percent_leaves(b.node)
-        if pa == na and pb == 0:
-            return True  # "48 = 100% + 20%": percentages of an unstated base
+    p_comp, n_comp = _percent_leaves(comp.node)
+    if p_comp == n_comp and _percent_leaves(stated.node)[0] == 0:
+        return True  # "48 = 100% + 20%": percentages of an unstated base
     # "2/5 is equal to 12.8 hectares": a share of a whole, in words
     return rel.word_rel and (_is_share(left.node) or _is_share(right.node))
 
