@@ -12,19 +12,22 @@ What counts as a claim
 The text is read as a stream of tokens (numbers, operators, parentheses, relations, words);
 sentence punctuation (``.`` not followed by a digit, ``?``, ``!`` not used as a factorial,
 ``,`` not used as a thousands separator, ``:``, ``;``), a line break (unless the line ends in
-an operator or the next starts with ``=``; line breaks inside ``\\[...\\]``/``$$...$$`` are
-spaces) and GSM8K's ``<<``/``>>`` end a run. Inside a run, relations (``=``, ``≈``, ``≡``,
-the words *equals*, *is equal to*, *is*, *gives*, *makes*, *yields*, and *is approximately*)
-split it into sides. A side is the longest piece next to the relation that parses as an
-arithmetic expression. A chain ``a = b = c`` yields one claim per link (``a = b``, ``b = c``).
+an operator or the next starts with ``=``; line breaks inside math spans are spaces), GSM8K's
+``<<``/``>>`` and the edges of inline or display math spans (found by
+:mod:`reasoning_circuits.sentences`, which tells ``$x$`` from ``$5``) end a run. Inside a
+run, relations (``=``, ``≈``, ``≡``, the words *equals*, *is equal to*, *is*, *gives*,
+*makes*, *yields*, and *is approximately*) split it into sides. A side is the longest piece
+next to the relation that parses as an arithmetic expression. A chain ``a = b = c`` yields
+one claim per link (``a = b``, ``b = c``).
 
 * Operators: ``+ - * × · \\times \\cdot`` (and ``x`` between two quantities, ``3 x 4``),
   ``/ ÷ \\div``, ``\\frac{a}{b}``/``\\dfrac``/``\\tfrac``, ``^`` (and ``**`` between digits),
   ``\\sqrt{}`` (exact roots only), postfix ``!``, *squared*, *cubed*, ``mod``/``\\bmod``,
   the words *plus*, *minus*, *times*, *multiplied by*, *divided by*, and *of* (``3/4 of 20``).
-  Juxtaposition without a space multiplies (``2(3+4)``, ``(3)(4)``). Usual precedence:
-  ``-2^2 = -4``.
-* Numbers: ``1,234`` and ``1{,}234`` (thousands), decimals ``12.50`` and ``.5``, mixed
+  Juxtaposition without a space multiplies (``2(3+4)``, ``(3)(4)``), except that an integer
+  glued to ``\\frac`` is a mixed number (``1\\frac{1}{4}``). Usual precedence: ``-2^2 = -4``.
+* Numbers: ``1,234``, ``1{,}234``, ``10,\\!000`` (thousands), decimals ``12.50`` and ``.5``,
+  repeating decimals ``0.\\overline{3}``, mixed
   numbers ``1 1/2``, percentages ``20%``/``20\\%``/``20 percent`` (= 1/5), the multiplier
   words *dozen*, *hundred*, *thousand*, *million*, *billion*, negatives.
 * Ignored: currency signs (``$5``, ``\\$5``, ``£``, ``€``), LaTeX delimiters (``\\(``, ``\\)``,
@@ -42,13 +45,19 @@ Not claims (no verdict, no alarm):
   is a definition or a label, not a computation.
 * A side cut off by something the checker cannot read: a side whose neighbour is an
   operator or a multiplier word (``half of 10 + 2 = 7``, ``twice 5 + 3 = 13``,
-  ``total - 3 = 9``), or another number (``5 1 + 2``).
+  ``total - 3 = 9``; but ``a total of 3 + 4`` is prose), another number (``5 1 + 2``), or a
+  glued ``|``, ``_``, ``@``, ``\\dots`` (absolute values, subscripts, custom operators).
 * A word relation (*is*, *gives*, ...) whose left side computes nothing (``Day 3 is 2 × 5``
   checks nothing on the left).
 * ``a + p%`` with a bare percentage added to a plain number (``50 + 20% = 60`` is calculator
   shorthand for ``50 × 1.2``; it is ambiguous, so it is skipped).
 * Sums of different known units (``1 hour + 30 minutes``), and a failed check whose two sides
-  carry different known units (``60 minutes × 2 = 2 hours``): these may be conversions.
+  carry different known units or currencies (``60 minutes × 2 = 2 hours``, ``$0.054 = 5.4
+  cents``): these may be conversions.
+* A failed check of percentages of an unstated base against a number (``48 = 100% + 20%``), a
+  failed first link whose bare left side restates an operand of the right (``drank 1.5 quarts =
+  4 * 1.5 = 6``), a share stated with a word relation (``2/5 is equal to 12.8 hectares``), and a
+  claim the text itself rejects (``1 = \\sqrt{9} + 4, which is not true``).
 * Values that are not exact rationals (``\\sqrt{2}``, ``\\pi``, fractional powers), huge
   powers and factorials (``2^{100000}``).
 * ``≡`` without a ``(mod n)`` clause.
@@ -77,7 +86,9 @@ Let ``t`` be the exact value of the computed side and ``s`` the stated number, w
 * Modular arithmetic: ``verify_arithmetic(text, modulus=10)`` judges integer links modulo 10
   (the tiny reasoner writes ``8*3=4``). A ``(mod n)``/``\\pmod{n}`` clause in the text does the
   same for the relations before it in its run, and ``a ≡ b (mod n)`` is checked as a
-  congruence. Without either, ``8*3=4`` is an ordinary (wrong) claim.
+  congruence. A stated integer is compared modulo n with a value whose denominator is
+  invertible mod n (``17^{-1} ≡ 44 \\pmod{83}``). Without either, ``8*3=4`` is an ordinary
+  (wrong) claim.
 * Division by zero gives ``correct_value == "undefined"`` and ``ok=False``.
 
 Known limits: numbers in words (*three*) are not read; rounding carried inside operands is not

@@ -262,3 +262,12 @@ def test_rounded_decimals_are_accepted_and_off_by_one_unit_is_not(num, den, deci
         if abs(Fraction(off, 10**decimals) - value) > Fraction(1, 2 * 10**decimals):
             [bad] = verify_arithmetic(f"{num}/{den} = {decimal_text(off, decimals)}")
             assert not bad.ok
+
+
+def test_doc_examples_run():
+    """Every ```python block of docs/verification.md runs."""
+    doc = Path(__file__).parent.parent / "docs" / "verification.md"
+    blocks = re.findall(r"```python\n(.*?)```", doc.read_text(encoding="utf-8"), re.DOTALL)
+    assert len(blocks) >= 5
+    for block in blocks:
+        exec(compile(block, str(doc), "exec"), {})
