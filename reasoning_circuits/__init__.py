@@ -15,6 +15,7 @@ Data flows one way::
 
 from reasoning_circuits import (
     anchors,
+    categories,
     collection,
     comparison,
     datasets,
@@ -37,6 +38,7 @@ from reasoning_circuits import (
     scaleout,
     stats,
     testing,
+    verification,
 )
 from reasoning_circuits.attention import AttentionProfile, ProfileSet, segment_statistics
 from reasoning_circuits.effects import Effect, measure_effect
@@ -72,11 +74,13 @@ from reasoning_circuits.pairs import PatchPair, align_pair, probe_pair
 from reasoning_circuits.reading import SkippedRow, SkippedRowsWarning, read_traces
 from reasoning_circuits.sentences import split_sentences
 from reasoning_circuits.trace import SEGMENT_NAMES, Segment, TokenizerFingerprint, Trace
+from reasoning_circuits.verification import ArithmeticClaim, verify_arithmetic
 
 __version__ = "0.1.0"
 
 __all__ = [
     "SEGMENT_NAMES",
+    "ArithmeticClaim",
     "AttentionProfile",
     "ContextLengthError",
     "Effect",
@@ -103,6 +107,7 @@ __all__ = [
     "align_pair",
     "anchors",
     "capture_head_outputs",
+    "categories",
     "collection",
     "comparison",
     "contrast_heads",
@@ -140,4 +145,6 @@ __all__ = [
     "split_sentences",
     "stats",
     "testing",
+    "verification",
+    "verify_arithmetic",
 ]

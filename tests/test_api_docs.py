@@ -71,6 +71,8 @@ MODULES = (
     "reasoning_circuits.judging",
     "reasoning_circuits.anchors",
     "reasoning_circuits.rollouts",
+    "reasoning_circuits.verification",
+    "reasoning_circuits.categories",
 )
 """Modules whose public names (``__all__``) must all appear in the document."""
 
