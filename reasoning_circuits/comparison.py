@@ -15,7 +15,8 @@ are compared on those problem means:
   Mann–Whitney U, Hedges' g with its interval).
 
 p-values are Holm-adjusted over the compared metrics (``p_holm``), since a study reports
-several at once.
+several at once. A quantity with no spread (every paired difference equal, or both models
+constant) gets its difference with a NaN interval and p-value: no interval follows from it.
 
 Confounds: a difference in attention entropy between two models is also what a different
 trace length or a stronger attention sink produce (see :mod:`reasoning_circuits.receivers`).
@@ -261,6 +262,29 @@ def _compare(
         "mean_a": float(np.nanmean(xa)),
         "mean_b": float(np.nanmean(xb)),
     }
+    diffs = xa - xb if design == "paired" else None
+    constant = (
+        np.ptp(diffs[np.isfinite(diffs)]) == 0
+        if diffs is not None
+        else np.ptp(xa[np.isfinite(xa)]) == 0 and np.ptp(xb[np.isfinite(xb)]) == 0
+    )
+    if constant:  # no spread: the difference is what it is, no interval or test follows
+        estimate = float(np.nanmean(xa) - np.nanmean(xb))
+        row.update(
+            estimate=estimate,
+            low=math.nan,
+            high=math.nan,
+            test="none (no spread)",
+            p=math.nan,
+            second_test="",
+            second_p=math.nan,
+            effect_size=math.nan,
+            effect_low=math.nan,
+            effect_high=math.nan,
+            n_a=int(np.isfinite(xa).sum()),
+            n_b=int(np.isfinite(xb).sum()),
+        )
+        return row
     if design == "paired":
         result = stats.paired_test(  # after - before = a - b
             xb, xa, confidence=confidence, n_resamples=n_resamples, seed=seed, nan_policy="omit"
@@ -310,7 +334,15 @@ def _adjusted(
         y = both[metric].to_numpy()
         x = sm.add_constant(both[["_model", *confounds]].to_numpy(), has_constant="add")
         term = 1
-    if len(y) <= x.shape[1] + 1:
+    # a covariate column with no spread (e.g. equal lengths in both models) explains nothing:
+    # drop it; one collinear with the model term leaves the difference unidentifiable
+    spread = np.ptp(x, axis=0) > 0
+    if design == "paired" and np.any(~spread[1:] & (x[0, 1:] != 0)):
+        return (math.nan, math.nan, math.nan)  # a constant shift: the intercept's twin
+    spread[0] = True  # the intercept
+    x = x[:, spread]
+    term = int(spread[:term].sum()) if design != "paired" else 0
+    if len(y) <= x.shape[1] + 1 or np.linalg.matrix_rank(x) < x.shape[1]:
         return (math.nan, math.nan, math.nan)
     fit = sm.OLS(y, x).fit(cov_type="HC3")
     low, high = fit.conf_int(alpha=1 - confidence)[term]

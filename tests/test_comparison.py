@@ -117,3 +117,21 @@ def test_refusals():
         compare_models(frame, frame, metrics=[])
     with pytest.raises(ValueError, match="infinity"):
         problem_means(frame.assign(entropy=np.inf), ["entropy"], "problem_id")
+
+
+def test_a_quantity_without_spread_gets_its_difference_and_no_interval():
+    rows = [{"problem_id": f"p{i}", "entropy": float(i), "n_tokens": 10.0} for i in range(6)]
+    a = pd.DataFrame(rows)
+    b = a.assign(entropy=a.entropy - 0.5 + np.linspace(0, 0.1, 6), n_tokens=8.0)
+    table = compare_models(a, b, metrics=["entropy"], confounds=["n_tokens"]).to_frame()
+    confound = table.set_index("quantity").loc["n_tokens"]
+    assert confound["estimate"] == 2.0 and np.isnan(confound["low"]) and np.isnan(confound["p"])
+    assert confound["test"] == "none (no spread)"
+    entropy = table.set_index("quantity").loc["entropy"]
+    assert np.isfinite(entropy["p"])
+    # a constant length shift cannot be told apart from the model difference itself
+    assert np.isnan(entropy["adjusted"])
+    # a confound equal in both models explains nothing: adjusting leaves the difference
+    same = compare_models(a, b.assign(n_tokens=10.0), metrics=["entropy"], confounds=["n_tokens"])
+    row = same.to_frame().iloc[0]
+    assert row["adjusted"] == pytest.approx(row["estimate"])
