@@ -14,9 +14,20 @@ knockout ``query="answer", key="reasoning"`` stops the generated answer from rea
 reasoning. The reasoning itself is the trace's own (teacher-forced), so an intervention at
 the answer cannot change it.
 
-Generation uses the model's KV cache; each step runs the intervention's hooks with the
-position offset of the new token. Greedy decoding, one trace at a time (traces have
-different lengths; a batch would need left padding, which moves positions).
+Batches: traces of similar length run together (``batch_size``, default 8), greedily, with
+the model's KV cache. The kept parts have different lengths, so a batch is **left-padded**:
+every row ends at the same column and the next token of every row goes into one new column.
+Column c of row r then holds position ``c - pad[r]`` of its trace. Three things keep each row
+exactly what it would be alone: the attention mask hides the pad columns, the position ids
+count only real tokens (``cumsum(mask) - 1``, so rotary and learned position embeddings see
+the unpadded positions), and the intervention's hooks are built with
+``left_pad=pad`` (:meth:`~reasoning_circuits.interventions.HeadIntervention.hooks`), so a
+segment, a segment offset, a source position or a knockout's query and key columns are
+found per row and pad columns are never written. A row that stops (EOS, ``stop``,
+``max_new_tokens``) leaves the batch and the cache. The batch size therefore changes only
+the speed: the answers are those of generating each trace alone. Caveat: padded matrix
+products round differently (logits differ by ~1e-6 relative), which could flip a greedy
+choice only where two tokens tie to that precision.
 """
 
 from __future__ import annotations
@@ -236,7 +247,8 @@ def answers_correct(
     :func:`reasoning_circuits.grading.grade_many` (the last ``\\boxed{}``, ``####`` or last
     number, compared by value with math-verify), the gold's own answer extracted the same
     way when it is a whole answer text; or a callable ``grader(generated, gold) -> bool``.
-    The signature fits :func:`reasoning_circuits.measure_effect`:
+    ``max_new_tokens``, ``stop``, ``batch_size`` and ``progress`` go to
+    :func:`generate_answers`. The signature fits :func:`reasoning_circuits.measure_effect`:
     ``iv.effect(model, traces, answers_correct)`` (right/wrong outcomes get the exact
     McNemar test and a paired-proportion interval).
     """
