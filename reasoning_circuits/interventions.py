@@ -81,6 +81,7 @@ intervention on the answer positions leaves the prompt and the reasoning untouch
 
 from __future__ import annotations
 
+import operator
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -156,15 +157,23 @@ def _check_left_pad(left_pad: Sequence[int] | None, n_rows: int) -> Int[Tensor, 
     count >= 0 per row."""
     if left_pad is None:
         return torch.zeros(n_rows, dtype=torch.long)
+    if isinstance(left_pad, str | bytes) or not isinstance(left_pad, Iterable):
+        raise TypeError(
+            f"left_pad must be a sequence of ints, one per row, got {type(left_pad).__name__}"
+        )
     pads = list(left_pad)
-    if len(pads) != n_rows or any(
-        isinstance(p, bool) or not isinstance(p, int | torch.Tensor) or int(p) < 0 for p in pads
-    ):
+    counts: list[int] = []
+    for pad in pads:
+        try:  # ints, numpy ints and integer 0-d tensors; not floats, not bools
+            counts.append(-1 if isinstance(pad, bool) else operator.index(pad))
+        except TypeError:
+            counts.append(-1)
+    if len(pads) != n_rows or min(counts, default=0) < 0:
         raise ValueError(
             f"left_pad must give one int >= 0 per row ({n_rows} rows), got {pads!r}: the "
             "number of pad columns before each trace of a left-padded batch"
         )
-    return torch.tensor([int(p) for p in pads], dtype=torch.long)
+    return torch.tensor(counts, dtype=torch.long)
 
 
 def _to_columns(by_position: Tensor, pads: Int[Tensor, " batch"], fill: bool | int) -> Tensor:
@@ -870,8 +879,6 @@ class HeadIntervention:
         empty = _to_columns(rows & keys.long().cumprod(dim=1).bool(), pads, False)
         # a row's shift moves its queries and keys alike, so causality holds in columns too
         rows, keys = _to_columns(rows, pads, False), _to_columns(keys, pads, False)
-        causal = torch.ones(width, width, dtype=torch.bool).tril()  # key <= query
-        blocked = rows[:, :, None] & keys[:, None, :] & causal  # [batch, query, key]
         if empty.any():
             where = [
                 f"{describe_trace(t, r)}: {int(empty[r].sum())}"
@@ -887,19 +894,24 @@ class HeadIntervention:
             )
         hooks: list[Hook] = []
         for layer, heads in by_layer.items():
-            hooks.append((act_name("attn_scores", layer), self._block(heads, blocked, offset)))
+            hooks.append((act_name("attn_scores", layer), self._block(heads, rows, keys, offset)))
             if empty.any():
                 hooks.append((act_name("pattern", layer), self._silence(heads, empty, offset)))
         return hooks
 
     @staticmethod
-    def _block(heads: list[Head], blocked: Tensor, offset: int) -> Callable[..., Tensor]:
+    def _block(heads: list[Head], rows: Tensor, keys: Tensor, offset: int) -> Callable[..., Tensor]:
+        """Blocks ``keys`` columns for ``rows`` columns (both ``[batch, width]``), building
+        only the ``[batch, query, key]`` block of the run at hand (one row per cached step)."""
+
         def hook_fn(scores: Float[Tensor, "batch head query key"], *, hook: Any) -> Tensor:
-            queries, keys = scores.shape[-2:]
-            where = blocked[:, offset : offset + queries, :keys].to(scores.device)
+            n_queries, n_keys = scores.shape[-2:]
+            querying = rows[:, offset : offset + n_queries].to(scores.device)
+            keyed = keys[:, :n_keys].to(scores.device)
+            where = querying[:, :, None] & keyed[:, None, :]  # [batch, query, key]
             # the causal mask, re-applied whatever the model did before this hook
-            query_pos = torch.arange(offset, offset + queries, device=scores.device)
-            future = torch.arange(keys, device=scores.device)[None, :] > query_pos[:, None]
+            query_pos = torch.arange(offset, offset + n_queries, device=scores.device)
+            future = torch.arange(n_keys, device=scores.device)[None, :] > query_pos[:, None]
             where = where | future
             scores = scores.clone()
             floor = torch.finfo(scores.dtype).min

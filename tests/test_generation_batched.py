@@ -13,6 +13,7 @@ its greedy tokens depend on the input (at the usual 0.02 its logits are nearly f
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -270,11 +271,32 @@ def test_pad_columns_are_never_written(lively):
     assert max(pads) > 0
 
 
-@pytest.mark.parametrize("left_pad", [[0, 1], [0, 1, 2, 3, -1], [0, 0, 0.5, 0, 0]])
+@pytest.mark.parametrize(
+    "left_pad", [[0, 1], [0, 1, 2, 3, -1], [0, 0, 0.5, 0, 0], [0, True, 0, 0, 0]]
+)
 def test_bad_left_pads_are_refused(lively, left_pad):
     traces = targets(lively.tokenizer)
     with pytest.raises(ValueError, match="left_pad must give one int >= 0 per row"):
         HeadIntervention(HEADS, "zero").hooks(lively, traces, left_pad=left_pad)
+    with pytest.raises(TypeError, match="left_pad must be a sequence of ints"):
+        HeadIntervention(HEADS, "zero").hooks(lively, traces, left_pad=3)
+
+
+def test_left_pad_takes_numpy_and_tensor_counts(lively):
+    traces = targets(lively.tokenizer)
+    iv = HeadIntervention(HEADS, "zero", positions="answer")
+    pads = [2, 0, 1, 0, 3]
+    width = max(len(t) + p for t, p in zip(traces, pads))
+    tokens = torch.zeros(len(traces), width, dtype=torch.long)
+    for row, (trace, pad) in enumerate(zip(traces, pads)):
+        tokens[row, pad : pad + len(trace)] = torch.tensor(trace.ids)
+    runs = []
+    for given in (pads, np.asarray(pads), torch.tensor(pads)):
+        hooks = iv.hooks(lively, traces, left_pad=given)
+        with torch.no_grad():
+            runs.append(lively.run_with_hooks(tokens, fwd_hooks=hooks))
+    torch.testing.assert_close(runs[0], runs[1], atol=0, rtol=0)
+    torch.testing.assert_close(runs[0], runs[2], atol=0, rtol=0)
 
 
 def test_refusals_name_the_trace_position_not_the_batch_column(lively):
