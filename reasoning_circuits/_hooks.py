@@ -38,9 +38,10 @@ class Intervention(Protocol):
     """Anything that edits a forward pass through hooks, such as
     :class:`~reasoning_circuits.interventions.HeadIntervention`.
 
-    ``hooks(model, traces, width=..., offset=...)`` returns the forward hooks for a right-padded
-    batch of ``traces`` (row i = ``traces[i]``) of ``width`` positions; ``offset`` is the first
-    position the hooked run covers (a KV-cached generation step).
+    ``hooks(model, traces, width=..., offset=..., left_pad=...)`` returns the forward hooks for
+    a batch of ``traces`` (row i = ``traces[i]``) of ``width`` columns; ``offset`` is the first
+    column the hooked run covers (a KV-cached generation step); ``left_pad[i]`` is the number
+    of pad columns before row i's trace (``None``: right-padded, column = position).
     """
 
     def hooks(
@@ -50,4 +51,5 @@ class Intervention(Protocol):
         *,
         width: int | None = None,
         offset: int = 0,
+        left_pad: Sequence[int] | None = None,
     ) -> list[Hook]: ...

@@ -14,9 +14,20 @@ knockout ``query="answer", key="reasoning"`` stops the generated answer from rea
 reasoning. The reasoning itself is the trace's own (teacher-forced), so an intervention at
 the answer cannot change it.
 
-Generation uses the model's KV cache; each step runs the intervention's hooks with the
-position offset of the new token. Greedy decoding, one trace at a time (traces have
-different lengths; a batch would need left padding, which moves positions).
+Batches: traces of similar length run together (``batch_size``, default 8), greedily, with
+the model's KV cache. The kept parts have different lengths, so a batch is **left-padded**:
+every row ends at the same column and the next token of every row goes into one new column.
+Column c of row r then holds position ``c - pad[r]`` of its trace. Three things keep each row
+exactly what it would be alone: the attention mask hides the pad columns, the position ids
+count only real tokens (``cumsum(mask) - 1``, so rotary and learned position embeddings see
+the unpadded positions), and the intervention's hooks are built with
+``left_pad=pad`` (:meth:`~reasoning_circuits.interventions.HeadIntervention.hooks`), so a
+segment, a segment offset, a source position or a knockout's query and key columns are
+found per row and pad columns are never written. A row that stops (EOS, ``stop``,
+``max_new_tokens``) leaves the batch and the cache. The batch size therefore changes only
+the speed: the answers are those of generating each trace alone. Caveat: padded matrix
+products round differently (logits differ by ~1e-6 relative), which could flip a greedy
+choice only where two tokens tie to that precision.
 """
 
 from __future__ import annotations
@@ -34,8 +45,9 @@ from tqdm.auto import tqdm
 
 from reasoning_circuits import grading
 from reasoning_circuits._hooks import Intervention
-from reasoning_circuits._inputs import as_traces, check_traces, describe_trace
+from reasoning_circuits._inputs import as_traces, check_batch_size, check_traces, describe_trace
 from reasoning_circuits._options import check_option
+from reasoning_circuits.collection import _select_rows
 from reasoning_circuits.errors import ContextLengthError
 from reasoning_circuits.trace import Segment, Trace
 
@@ -81,62 +93,138 @@ def generate_answers(
     *,
     max_new_tokens: int = 32,
     stop: str | None = None,
+    batch_size: int = 8,
     progress: bool | None = None,
 ) -> list[str]:
     """Greedy answers written after each trace's ``</think>``, with ``intervention`` active.
 
-    Generation stops at the tokenizer's EOS token, after ``stop`` appears in the decoded
-    answer (e.g. ``"\\n"``), or after ``max_new_tokens``. Returns the decoded answers
-    (EOS excluded), one per trace. ``progress``: a progress bar (default: more than 10
+    Each trace is kept up to its answer (``trace.ids[:trace["answer"].start]``) and
+    continued greedily; ``batch_size`` traces of similar length run together, left-padded
+    (see the module docstring). A trace stops at the tokenizer's EOS token, after ``stop``
+    appears in its decoded answer (e.g. ``"\\n"``), or after ``max_new_tokens``; the batch
+    size never changes the result. Returns the decoded answers (EOS excluded), one per
+    trace, in the order of ``traces``. ``progress``: a progress bar (default: more than 10
     traces).
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    check_batch_size(batch_size)
     traces = as_traces(traces)
     # the answer is regenerated: the kept part is everything before it
     check_traces(model, traces, what="generate_answers")
     n_ctx = int(getattr(model.cfg, "n_ctx", 0) or 0)
     for index, trace in enumerate(traces):
+        if trace["answer"].start == 0:
+            raise ValueError(
+                f"{describe_trace(trace, index)} has nothing before its answer to continue "
+                "from; give it a prompt (and reasoning) before the answer"
+            )
         if n_ctx and trace["answer"].start + max_new_tokens > n_ctx:
             raise ContextLengthError(
                 f"{describe_trace(trace, index)}: {trace['answer'].start} tokens before the "
                 f"answer + max_new_tokens={max_new_tokens} exceed the model's context of "
                 f"{n_ctx}; lower max_new_tokens or shorten the trace with rc.fit_to_context"
             )
+    # batches of similar prefix length waste the least on padding
+    order = sorted(range(len(traces)), key=lambda i: traces[i]["answer"].start)
+    answers: list[str] = [""] * len(traces)
+    show = progress if progress is not None else len(traces) > 10
+    with tqdm(total=len(traces), desc="generating", unit="trace", disable=not show) as bar:
+        for begin in range(0, len(order), batch_size):
+            chunk = order[begin : begin + batch_size]
+
+            def done(row: int, text: str, chunk: list[int] = chunk) -> None:
+                answers[chunk[row]] = text
+                bar.update(1)
+
+            _answer_batch(
+                model,
+                [traces[i] for i in chunk],
+                intervention,
+                max_new_tokens=max_new_tokens,
+                stop=stop,
+                on_done=done,
+            )
+    return answers
+
+
+def _answer_batch(
+    model: Any,
+    traces: list[Trace],
+    intervention: Intervention | None,
+    *,
+    max_new_tokens: int,
+    stop: str | None,
+    on_done: Callable[[int, str], None],
+) -> None:
+    """Greedy answers for one left-padded batch; ``on_done(row, text)`` as each row stops.
+
+    Column c of row r holds position ``c - pads[r]`` of ``traces[r]``; the attention mask
+    hides the pad columns and the position ids count only real tokens, so each row computes
+    what it would alone. A row that stops leaves the batch (and the KV cache).
+    """
     tokenizer = model.tokenizer
     eos = tokenizer.eos_token_id
     device = model.cfg.device
-    answers = []
-    show = progress if progress is not None else len(traces) > 10
-    for trace in tqdm(traces, desc="generating", disable=not show):
-        start = trace["answer"].start
-        if start == 0:
-            raise ValueError(f"{trace!r} has nothing before its answer to continue from")
-        grown = _grown(trace, start + max_new_tokens)
-        tokens = torch.tensor([trace.ids[:start]], dtype=torch.long, device=device)
-        new: list[int] = []
-        cache = None
-        for step in range(max_new_tokens):
-            offset = 0 if cache is None else start + step - 1
-            hooks = (
-                intervention.hooks(model, grown, offset=offset) if intervention is not None else []
+    starts = [trace["answer"].start for trace in traces]
+    width = max(starts)
+    pads = [width - start for start in starts]
+    columns = width + max_new_tokens  # what the batch can grow to
+    grown = [_grown(t, s + max_new_tokens) for t, s in zip(traces, starts)]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos or 0
+    tokens = torch.full((len(traces), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(traces), width), dtype=torch.long)
+    for row, (trace, start) in enumerate(zip(traces, starts)):
+        tokens[row, width - start :] = torch.tensor(trace.ids[:start], dtype=torch.long)
+        mask[row, width - start :] = 1
+    tokens, mask = tokens.to(device), mask.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # pad columns: 0, never attended to
+    active = list(range(len(traces)))
+    new: list[list[int]] = [[] for _ in traces]
+    cache, offset = None, 0
+    while active:
+        hooks = (
+            intervention.hooks(
+                model,
+                [grown[i] for i in active],
+                width=columns,
+                offset=offset,
+                left_pad=[pads[i] for i in active],
             )
-            with model.hooks(fwd_hooks=hooks):
-                if cache is None:
-                    logits, cache = model(tokens, return_type="logits_and_cache")
-                else:
-                    logits, cache = model(
-                        tokens[:, -1:], past_key_values=cache, return_type="logits_and_cache"
-                    )
-            token = int(logits[0, -1].argmax())
+            if intervention is not None
+            else []
+        )
+        with model.hooks(fwd_hooks=hooks):
+            logits, cache = model(
+                tokens,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                return_type="logits_and_cache",
+            )
+        chosen = logits[:, -1].argmax(-1)
+        keep: list[int] = []
+        for j, (row, token) in enumerate(zip(active, chosen.tolist())):
             if token == eos:
-                break
-            new.append(token)
-            tokens = torch.cat([tokens, torch.tensor([[token]], device=device)], dim=1)
-            if stop is not None and stop in tokenizer.decode(new):
-                break
-        answers.append(tokenizer.decode(new))
-    return answers
+                on_done(row, tokenizer.decode(new[row]))
+                continue
+            new[row].append(token)
+            text = tokenizer.decode(new[row])
+            if len(new[row]) >= max_new_tokens or (stop is not None and stop in text):
+                on_done(row, text)
+            else:
+                keep.append(j)
+        if not keep:
+            break
+        offset = mask.shape[1]
+        if len(keep) < len(active):
+            index = torch.tensor(keep, device=device)
+            cache = _select_rows(cache, index)
+            mask, positions, chosen = mask[index], positions[index], chosen[index]
+            active = [active[j] for j in keep]
+        tokens = chosen[:, None]
+        mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
+        positions = positions[:, -1:] + 1
 
 
 def answers_correct(
@@ -148,6 +236,7 @@ def answers_correct(
     grader: Grader | GradeKind = "math",
     max_new_tokens: int = 32,
     stop: str | None = None,
+    batch_size: int = 8,
     progress: bool | None = None,
 ) -> Float[np.ndarray, " trace"]:
     """1.0 where the answer generated under ``intervention`` is right, else 0.0; per trace.
@@ -158,7 +247,8 @@ def answers_correct(
     :func:`reasoning_circuits.grading.grade_many` (the last ``\\boxed{}``, ``####`` or last
     number, compared by value with math-verify), the gold's own answer extracted the same
     way when it is a whole answer text; or a callable ``grader(generated, gold) -> bool``.
-    The signature fits :func:`reasoning_circuits.measure_effect`:
+    ``max_new_tokens``, ``stop``, ``batch_size`` and ``progress`` go to
+    :func:`generate_answers`. The signature fits :func:`reasoning_circuits.measure_effect`:
     ``iv.effect(model, traces, answers_correct)`` (right/wrong outcomes get the exact
     McNemar test and a paired-proportion interval).
     """
@@ -173,6 +263,7 @@ def answers_correct(
         intervention,
         max_new_tokens=max_new_tokens,
         stop=stop,
+        batch_size=batch_size,
         progress=progress,
     )
     if callable(grader):

@@ -81,6 +81,7 @@ intervention on the answer positions leaves the prompt and the reasoning untouch
 
 from __future__ import annotations
 
+import operator
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -149,6 +150,44 @@ def position_mask(traces: Sequence[Trace], positions: Positions, width: int) -> 
                 )
             mask[row, index % len(trace)] = True
     return mask
+
+
+def _check_left_pad(left_pad: Sequence[int] | None, n_rows: int) -> Int[Tensor, " batch"]:
+    """``left_pad`` as a ``[batch]`` tensor (zeros for ``None``), refused unless it gives one
+    count >= 0 per row."""
+    if left_pad is None:
+        return torch.zeros(n_rows, dtype=torch.long)
+    if isinstance(left_pad, str | bytes) or not isinstance(left_pad, Iterable):
+        raise TypeError(
+            f"left_pad must be a sequence of ints, one per row, got {type(left_pad).__name__}"
+        )
+    pads = list(left_pad)
+    counts: list[int] = []
+    for pad in pads:
+        try:  # ints, numpy ints and integer 0-d tensors; not floats, not bools
+            counts.append(-1 if isinstance(pad, bool) else operator.index(pad))
+        except TypeError:
+            counts.append(-1)
+    if len(pads) != n_rows or min(counts, default=0) < 0:
+        raise ValueError(
+            f"left_pad must give one int >= 0 per row ({n_rows} rows), got {pads!r}: the "
+            "number of pad columns before each trace of a left-padded batch"
+        )
+    return torch.tensor(counts, dtype=torch.long)
+
+
+def _to_columns(by_position: Tensor, pads: Int[Tensor, " batch"], fill: bool | int) -> Tensor:
+    """``[batch, width, ...]`` indexed by trace position → the same indexed by batch column,
+    row r moved right by ``pads[r]`` (column c holds position c - pads[r]); the pad columns
+    take ``fill`` and positions pushed past ``width`` drop off."""
+    if not bool(pads.any()):
+        return by_position
+    width = by_position.shape[1]
+    out = torch.full_like(by_position, fill)
+    for row, pad in enumerate(pads.tolist()):
+        if pad < width:
+            out[row, pad:] = by_position[row, : width - pad]
+    return out
 
 
 def _segment_frame(trace: Trace) -> tuple[list[int], list[int]]:
@@ -625,13 +664,20 @@ class HeadIntervention:
         *,
         width: int | None = None,
         offset: int = 0,
+        left_pad: Sequence[int] | None = None,
     ) -> list[Hook]:
         """Forward hooks for ``model.run_with_hooks``; row i of the batch is ``traces[i]``.
 
         ``width`` is the padded batch length (default: the longest trace). ``offset``: the
-        hooked run covers positions ``offset, offset + 1, ...`` of the traces, as in a
+        hooked run covers columns ``offset, offset + 1, ...`` of the batch, as in a
         KV-cached generation step (see :mod:`reasoning_circuits.generation`). Positions that
         the source or the means do not cover are refused when a run reaches them.
+
+        ``left_pad``: for a left-padded batch, the number of pad columns before each row's
+        trace: column ``c`` of row ``r`` holds position ``c - left_pad[r]`` of ``traces[r]``
+        (``width`` and ``offset`` then count columns; ``width`` defaults to the longest
+        ``len(trace) + left_pad``). Pad columns are never written, and a knockout maps its
+        query and its key columns per row. ``None``: no left padding (column = position).
         """
         trace_list = as_traces(traces)
         check_model(model)
@@ -641,14 +687,15 @@ class HeadIntervention:
                 raise ValueError(
                     f"{head} is outside the model ({n_layers} layers × {n_heads} heads)"
                 )
-        width = width or max(map(len, trace_list))
+        pads = _check_left_pad(left_pad, len(trace_list))
+        width = width or max(len(t) + int(p) for t, p in zip(trace_list, pads.tolist()))
         by_layer: dict[int, list[Head]] = {}
         for head in self.heads:
             by_layer.setdefault(head.layer, []).append(head)
         if self.action == "knockout":
-            return self._knockout_hooks(trace_list, width, offset, by_layer)
-        mask = position_mask(trace_list, self.positions, width)
-        writer = self._writer(trace_list, mask, width)
+            return self._knockout_hooks(trace_list, width, offset, by_layer, pads)
+        mask = _to_columns(position_mask(trace_list, self.positions, width), pads, False)
+        writer = self._writer(trace_list, mask, width, pads)
         hooks: list[Hook] = []
         state: dict[str, Tensor] = {}
         if isinstance(self.means, HeadMeans) and self.means.by == "token":
@@ -665,7 +712,7 @@ class HeadIntervention:
 
     # -- what each action writes: fn(head, current [batch, pos, d_head], run, state) -> new
     def _writer(
-        self, traces: list[Trace], mask: Tensor, width: int
+        self, traces: list[Trace], mask: Tensor, width: int, pads: Tensor
     ) -> Callable[[Head, Tensor, slice, dict[str, Tensor]], Tensor]:
         if self.action == "zero":
             return lambda head, current, run, state: torch.zeros_like(current)
@@ -674,11 +721,11 @@ class HeadIntervention:
             factor = self.scale
             return lambda head, current, run, state: current * factor
         if self.action in ("patch", "resample"):
-            return self._patch_writer(traces, mask, width)
-        return self._mean_writer(traces, mask, width)
+            return self._patch_writer(traces, mask, width, pads)
+        return self._mean_writer(traces, mask, width, pads)
 
     def _patch_writer(
-        self, traces: list[Trace], mask: Tensor, width: int
+        self, traces: list[Trace], mask: Tensor, width: int, pads: Tensor
     ) -> Callable[[Head, Tensor, slice, dict[str, Tensor]], Tensor]:
         assert self.source is not None
         source = self.source
@@ -700,6 +747,7 @@ class HeadIntervention:
                 ],
                 dtype=torch.long,
             )
+        index = _to_columns(index, pads, -1)  # pad columns have no source position
 
         def explain(r: int, p: int) -> str:
             trace, row = traces[r], rows[r]
@@ -727,15 +775,15 @@ class HeadIntervention:
             wanted, where = index[:, run], mask[:, run]
             bad = (wanted < 0) & where
             if bad.any():
-                r, p = (int(x) for x in bad.nonzero()[0])
-                raise PairAlignmentError(explain(r, p + run.start))
+                r, c = (int(x) for x in bad.nonzero()[0])
+                raise PairAlignmentError(explain(r, c + run.start - int(pads[r])))
             values = source.values[head][row_index[:, None], wanted.clamp(min=0)]
             return values.to(current)
 
         return write
 
     def _mean_writer(
-        self, traces: list[Trace], mask: Tensor, width: int
+        self, traces: list[Trace], mask: Tensor, width: int, pads: Tensor
     ) -> Callable[[Head, Tensor, slice, dict[str, Tensor]], Tensor]:
         assert self.means is not None
         means = self.means
@@ -743,17 +791,17 @@ class HeadIntervention:
             pooled = means.pooled if isinstance(means, HeadMeans) else means
             return lambda head, current, run, state: pooled[head].to(current).expand_as(current)
         segment = str(means.positions)
-        inside = position_mask(traces, segment, width)
+        inside = _to_columns(position_mask(traces, segment, width), pads, False)
         outside = mask & ~inside
         if outside.any():
-            r, p = (int(x) for x in outside.nonzero()[0])
+            r, c = (int(x) for x in outside.nonzero()[0])
             raise ValueError(
                 f"the means are per {means.by.replace('_', ' ')} of {segment!r}, but the "
-                f"intervention's positions include position {p} of "
+                f"intervention's positions include position {c - int(pads[r])} of "
                 f"{describe_trace(traces[r], r)}, outside that segment; restrict positions= "
                 f"to {segment!r} or compute means for the other positions"
             )
-        starts = torch.tensor([t[segment].start for t in traces])
+        starts = torch.tensor([t[segment].start for t in traces]) + pads  # in columns
         offsets = torch.arange(width)[None, :] - starts[:, None]  # [batch, width]
 
         def write(head: Head, current: Tensor, run: slice, state: dict[str, Tensor]) -> Tensor:
@@ -773,9 +821,10 @@ class HeadIntervention:
             missing = (rows < 0) & where
             if missing.any() and means.fallback == "refuse":
                 r, p = (int(x) for x in missing.nonzero()[0])
-                position = p + run.start
+                column = p + run.start
+                position = column - int(pads[r])
                 detail = (
-                    f"{segment} offset {position - int(starts[r])}; the reference traces' "
+                    f"{segment} offset {column - int(starts[r])}; the reference traces' "
                     f"{segment} has at most {len(means.counts)} tokens"
                     if what == "offset"
                     else f"token id {int(state['ids'][r, p])}, which the reference traces' "
@@ -815,15 +864,21 @@ class HeadIntervention:
         return hook_fn
 
     def _knockout_hooks(
-        self, traces: list[Trace], width: int, offset: int, by_layer: dict[int, list[Head]]
+        self,
+        traces: list[Trace],
+        width: int,
+        offset: int,
+        by_layer: dict[int, list[Head]],
+        pads: Tensor,
     ) -> list[Hook]:
         assert self.query is not None and self.key is not None
         rows = position_mask(traces, self.query, width)
         keys = position_mask(traces, self.key, width)
-        causal = torch.ones(width, width, dtype=torch.bool).tril()  # key <= query
-        blocked = rows[:, :, None] & keys[:, None, :] & causal  # [batch, query, key]
-        # a row with every visible key (0..q) blocked has nothing left to read
-        empty = rows & keys.long().cumprod(dim=1).bool()
+        # a row with every visible key (0..q) blocked has nothing left to read (found in
+        # trace positions, where the pad columns cannot interrupt the run of blocked keys)
+        empty = _to_columns(rows & keys.long().cumprod(dim=1).bool(), pads, False)
+        # a row's shift moves its queries and keys alike, so causality holds in columns too
+        rows, keys = _to_columns(rows, pads, False), _to_columns(keys, pads, False)
         if empty.any():
             where = [
                 f"{describe_trace(t, r)}: {int(empty[r].sum())}"
@@ -839,19 +894,24 @@ class HeadIntervention:
             )
         hooks: list[Hook] = []
         for layer, heads in by_layer.items():
-            hooks.append((act_name("attn_scores", layer), self._block(heads, blocked, offset)))
+            hooks.append((act_name("attn_scores", layer), self._block(heads, rows, keys, offset)))
             if empty.any():
                 hooks.append((act_name("pattern", layer), self._silence(heads, empty, offset)))
         return hooks
 
     @staticmethod
-    def _block(heads: list[Head], blocked: Tensor, offset: int) -> Callable[..., Tensor]:
+    def _block(heads: list[Head], rows: Tensor, keys: Tensor, offset: int) -> Callable[..., Tensor]:
+        """Blocks ``keys`` columns for ``rows`` columns (both ``[batch, width]``), building
+        only the ``[batch, query, key]`` block of the run at hand (one row per cached step)."""
+
         def hook_fn(scores: Float[Tensor, "batch head query key"], *, hook: Any) -> Tensor:
-            queries, keys = scores.shape[-2:]
-            where = blocked[:, offset : offset + queries, :keys].to(scores.device)
+            n_queries, n_keys = scores.shape[-2:]
+            querying = rows[:, offset : offset + n_queries].to(scores.device)
+            keyed = keys[:, :n_keys].to(scores.device)
+            where = querying[:, :, None] & keyed[:, None, :]  # [batch, query, key]
             # the causal mask, re-applied whatever the model did before this hook
-            query_pos = torch.arange(offset, offset + queries, device=scores.device)
-            future = torch.arange(keys, device=scores.device)[None, :] > query_pos[:, None]
+            query_pos = torch.arange(offset, offset + n_queries, device=scores.device)
+            future = torch.arange(n_keys, device=scores.device)[None, :] > query_pos[:, None]
             where = where | future
             scores = scores.clone()
             floor = torch.finfo(scores.dtype).min
