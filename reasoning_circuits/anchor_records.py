@@ -117,8 +117,10 @@ except ImportError:  # pragma: no cover - not POSIX
 __all__ = [
     "FORMAT_VERSION",
     "KIND",
+    "OUR_FIELDS",
     "STUDY_FIELDS",
     "StudyRecordConflictError",
+    "claim_operator",
     "read_study_records",
     "record_key",
     "study_records",

@@ -340,3 +340,30 @@ def test_a_damaged_middle_line_is_refused(tmp_path):
     path.write_text("\n".join([lines[0], lines[1][:40], *lines[2:]]) + "\n")
     with pytest.raises(FileFormatError, match="line 2"):
         read_study_records(path)
+
+
+def test_end_to_end_with_a_model(gpt2, tmp_path):
+    from reasoning_circuits.anchors import thought_anchors
+    from reasoning_circuits.receivers import study_sentence_statistics
+
+    trace = Trace.from_parts(
+        "Q: 2+3? <think>",
+        "\nOkay. 2 + 3 = 6. So the answer is 5.\n",
+        " 5",
+        gpt2.tokenizer,
+        metadata={"id": "q0"},
+    )
+    result = thought_anchors(gpt2, trace, methods=("removal",), progress=False)
+    attention = study_sentence_statistics(gpt2, trace, last_layers=2)
+    records = study_records(result, trace, model_id="tiny", attention=attention)
+    path = tmp_path / "e2e.jsonl"
+    assert write_study_records(records, path) == 3
+    frame = read_study_records(path)
+    assert list(frame["sentence"]) == ["Okay.", "2 + 3 = 6.", "So the answer is 5."]
+    assert list(frame["attention_entropy"]) == pytest.approx(list(attention["entropy"]))
+    assert list(frame["attention_sink"]) == pytest.approx(list(attention["sink"]))
+    assert frame["verification_ok"].tolist()[1] is False
+    assert frame["prob_delta"].isna().all()  # no resampling: no probabilities
+    assert list(frame["removal_importance"]) == pytest.approx(
+        [r.removal_importance for r in result]
+    )
