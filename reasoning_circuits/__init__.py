@@ -14,6 +14,7 @@ Data flows one way::
 """
 
 from reasoning_circuits import (
+    anchor_records,
     anchors,
     categories,
     collection,
@@ -37,6 +38,7 @@ from reasoning_circuits import (
     rows,
     scaleout,
     stats,
+    study_figures,
     testing,
     verification,
 )
@@ -105,6 +107,7 @@ __all__ = [
     "Trace",
     "TraceFormatError",
     "align_pair",
+    "anchor_records",
     "anchors",
     "capture_head_outputs",
     "categories",
@@ -144,6 +147,7 @@ __all__ = [
     "segment_statistics",
     "split_sentences",
     "stats",
+    "study_figures",
     "testing",
     "verification",
     "verify_arithmetic",

@@ -73,6 +73,8 @@ MODULES = (
     "reasoning_circuits.rollouts",
     "reasoning_circuits.verification",
     "reasoning_circuits.categories",
+    "reasoning_circuits.anchor_records",
+    "reasoning_circuits.study_figures",
 )
 """Modules whose public names (``__all__``) must all appear in the document."""
 
