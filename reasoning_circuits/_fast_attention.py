@@ -146,14 +146,18 @@ def _attend(
     """Softmax attention and the row log-sum-exp of the scaled scores. ``mask`` is additive
     (0 or -inf); ``None`` means causal with query i = key i. Queries and keys are zero-padded
     to the values' width when it is larger (the scores do not change)."""
-    width = max(q.shape[-1], v.shape[-1])
+    n_out = v.shape[-1]
+    width = max(q.shape[-1], n_out)
+    if width > min(q.shape[-1], v.shape[-1]):  # padded anyway: to a multiple of 16 (faster GEMMs)
+        width = -(-width // 16) * 16
     q, k, v = (F.pad(t, (0, width - t.shape[-1])) if t.shape[-1] < width else t for t in (q, k, v))
     if q.device.type == "cpu":
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            q, k, v, 0.0, mask is None, attn_mask=None if mask is None else mask, scale=scale
+            q, k, v, 0.0, mask is None, attn_mask=mask, scale=scale
         )
-        return out, lse
-    return _attend_blockwise(q, k, v, scale, mask)
+    else:
+        out, lse = _attend_blockwise(q, k, v, scale, mask)
+    return out[..., :n_out], lse
 
 
 def _attend_blockwise(
@@ -195,29 +199,51 @@ def _layer_statistics(
     plan: _Plan, layer: int, q: Tensor, k: Tensor, v: Tensor, scale: float
 ) -> Tensor:
     """Run one layer's attention, hand its per-row statistics to ``plan.on_layer`` and return
-    the attention output ``[batch, head, pos, d]``."""
+    the attention output ``[batch, head, pos, d]``. ``k`` and ``v`` have the model's key/value
+    heads (fewer than ``q``'s with grouped-query attention)."""
     batch, n_heads, n_pos, d = q.shape
     dtype = q.dtype
     q, k, v = q.float(), k.float(), v.float()
-    n_parts = plan.onehot.shape[-1]
-    if plan.rows is None and plan.heads is None:
-        # one fused call: the model's output, the row masses and the weighted keys
-        onehot = plan.onehot.expand(batch, n_heads, n_pos, n_parts)
-        values = torch.cat([v, onehot, k] if plan.entropy else [v, onehot], -1)
-        fused, lse = _attend(q, k, values, scale, None)
-        output = fused[..., :d]
-        row_mass = fused[..., d : d + n_parts]
-        entropy = None
-        if plan.entropy:
-            entropy = lse - scale * (q * fused[..., d + n_parts : 2 * d + n_parts]).sum(-1)
-        gini = _gini_rows(q, k, scale, torch.arange(n_pos, device=q.device)) if plan.gini else None
-    else:
+    n_rep = n_heads // k.shape[1]
+    if plan.rows is not None or plan.heads is not None:
+        k, v = _expand_kv(k, n_rep), _expand_kv(v, n_rep)
         output = _attend(q, k, v, scale, None)[0]
         if plan.heads is not None:
             q, k = q[:, plan.heads], k[:, plan.heads]
         row_mass, entropy, gini = _restricted_rows(plan, q, k, scale)
+        plan.on_layer(layer, LayerRows(row_mass=row_mass, entropy=entropy, gini=gini))
+        return output.to(dtype)
+    # Every row and head: one fused call per key/value head gives the model's output, the row
+    # masses and the attention-weighted keys of the query heads that share it.
+    n_parts = plan.onehot.shape[-1]
+    output = q.new_empty(batch, n_heads, n_pos, d)
+    row_mass = q.new_empty(batch, n_heads, n_pos, n_parts)
+    entropy = q.new_empty(batch, n_heads, n_pos) if plan.entropy else None
+    onehot = plan.onehot.expand(batch, 1, n_pos, n_parts)
+    for g in range(k.shape[1]):
+        heads = slice(g * n_rep, (g + 1) * n_rep)
+        kg, qg = k[:, g : g + 1], q[:, heads]
+        values = torch.cat(
+            [v[:, g : g + 1], onehot, kg] if plan.entropy else [v[:, g : g + 1], onehot], -1
+        )
+        fused, lse = _attend(
+            qg, kg.expand(-1, n_rep, -1, -1), values.expand(-1, n_rep, -1, -1), scale, None
+        )
+        output[:, heads] = fused[..., :d]
+        row_mass[:, heads] = fused[..., d : d + n_parts]
+        if entropy is not None:
+            weighted_keys = fused[..., d + n_parts : 2 * d + n_parts]
+            entropy[:, heads] = lse - scale * (qg * weighted_keys).sum(-1)
+    gini = None
+    if plan.gini:
+        gini = _gini_rows(q, _expand_kv(k, n_rep), scale, torch.arange(n_pos, device=q.device))
     plan.on_layer(layer, LayerRows(row_mass=row_mass, entropy=entropy, gini=gini))
     return output.to(dtype)
+
+
+def _expand_kv(t: Tensor, n_rep: int) -> Tensor:
+    """Grouped-query attention: query head h reads key/value head h // n_rep."""
+    return t if n_rep == 1 else t.repeat_interleave(n_rep, dim=1)
 
 
 def _restricted_rows(
@@ -291,17 +317,14 @@ def _attention_function(
         raise ValueError(
             f"the fast attention path does not support {refused}; use method='pattern'"
         )
-    n_rep = query.shape[1] // key.shape[1]
-    if n_rep > 1:  # grouped-query attention: query head h reads key/value head h // n_rep
-        key = key.repeat_interleave(n_rep, dim=1)
-        value = value.repeat_interleave(n_rep, dim=1)
     scale = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
     layer = int(module.layer_idx)  # type: ignore[arg-type]
     if layer in plan.layers:
         output = _layer_statistics(plan, layer, query, key, value, scale)
     else:
-        output = _attend(query.float(), key.float(), value.float(), scale, None)[0]
-        output = output.to(query.dtype)
+        n_rep = query.shape[1] // key.shape[1]
+        key, value = _expand_kv(key.float(), n_rep), _expand_kv(value.float(), n_rep)
+        output = _attend(query.float(), key, value, scale, None)[0].to(query.dtype)
     if layer == plan.last:
         raise _Stop
     return output.transpose(1, 2).contiguous(), None
