@@ -5,8 +5,9 @@ MLP 8960) with 2 layers instead of 28 and a 1,024-token vocabulary instead of 15
 weights, float32, CPU), so that it runs on a 2-core machine; attention and MLP cost per layer
 are those of the real model. Variants, each in its own process on the same tokens:
 
-* ``sdpa``     the model's Hugging Face modules with transformers' SDPA attention, no LM
-  head (the floor: what any forward pass costs)
+* ``sdpa``     the model's Hugging Face modules with transformers' SDPA attention up to the
+  last layer's attention (the floor: the forward a profile of every layer needs; the fast
+  path also stops there, so neither runs the last MLP nor the LM head)
 * ``fast``     ``AttentionProfile.compute(method="fast")`` (mass, per-token mass, entropy)
 * ``fast_answer``  the same restricted to the answer's rows (``query_parts=("answer",)``)
 * ``pattern``  ``AttentionProfile.compute(method="pattern")`` (eager [head, T, T] patterns)
@@ -22,6 +23,7 @@ process CPU time is reported, which other jobs on the machine disturb much less.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -74,12 +76,25 @@ def child(variant: str, n_tokens: int, repeats: int) -> None:
     model = rc.testing.qwen2(**SPEC)
     trace = _trace(rc, model.tokenizer, n_tokens)
     assert len(trace) == n_tokens, len(trace)
-    shadow = _fast_attention.hf_shadow(model, "sdpa")
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    last = SPEC["n_layers"] - 1
+
+    def floor(module, *args, **kwargs):
+        out = sdpa_attention_forward(module, *args, **kwargs)
+        if module.layer_idx == last:
+            raise _fast_attention._Stop
+        return out
+
+    AttentionInterface.register("bench_sdpa_floor", floor)
+    shadow = _fast_attention.hf_shadow(model, "bench_sdpa_floor")
     base = _rss_gb()
 
     def run() -> None:
         if variant == "sdpa":
-            shadow(input_ids=trace.tokens, use_cache=False)
+            with contextlib.suppress(_fast_attention._Stop):
+                shadow(input_ids=trace.tokens, use_cache=False)
         elif variant == "fast":
             rc.AttentionProfile.compute(model, trace, method="fast")
         elif variant == "fast_answer":

@@ -28,6 +28,17 @@ source. Traces in a batch are right-padded with an attention mask; padding never
 real row (it lies in every real row's causal future), so batched numbers equal one-at-a-time
 numbers up to float rounding.
 
+That is the ``method="pattern"`` path: one layer's ``[batch, head, T, T]`` pattern is held at a
+time (about 3 GB for 12 heads at 8k tokens in float32). ``method="fast"`` gives the same
+numbers (within 1e-4, float rounding) without any ``[T × T]`` matrix: the model's Hugging Face
+modules run with an attention function that returns each row's masses (attention output with
+one-hot part values), entropy (from the row log-sum-exp) and, on request, Gini (rows rebuilt
+in bounded blocks); see :mod:`reasoning_circuits._fast_attention`. ``method="auto"`` (the
+default) takes the fast path for traces of ``AUTO_FAST_TOKENS`` (1024) tokens or more, unless
+the model has active TransformerLens hooks (a planted pattern lives in ``hook_pattern``, which
+only the pattern path runs). ``query_parts=`` restricts the profiled query rows, e.g. to the
+answer, which the fast path then computes alone.
+
 Caveats
 -------
 * The self-key is included: the diagonal counts in ``answer→answer`` and

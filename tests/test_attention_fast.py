@@ -220,3 +220,34 @@ def test_auto_chooses_by_length(gpt2, monkeypatch):
     monkeypatch.setattr(rc.attention, "AUTO_FAST_TOKENS", len(trace))
     AttentionProfile.compute(gpt2, trace)
     assert runs == [1]
+
+
+@pytest.mark.parametrize("model_name", ["gpt2", "qwen"])
+def test_no_tensor_grows_with_t_squared(request, model_name):
+    """Every tensor an op makes on the fast path has fewer than T*T entries (without Gini);
+    the pattern path, for contrast, makes [head, T, T] patterns."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Largest(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.numel = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, tuple | list) else (out,):
+                if isinstance(t, torch.Tensor):
+                    self.numel = max(self.numel, t.numel())
+            return out
+
+    model = request.getfixturevalue(model_name)
+    reasoning = "\n" + " ".join(f"Step {i}: {i} + 1 = {i + 1}." for i in range(40)) + "\n"
+    trace = Trace.from_parts("Q: count. ", reasoning, " It is 41.", model.tokenizer)
+    n = len(trace)
+    assert n >= 200
+    sizes = {}
+    for method in ("fast", "pattern"):
+        with Largest() as mode:
+            AttentionProfile.compute(model, trace, method=method)
+        sizes[method] = mode.numel
+    assert sizes["fast"] < n * n <= sizes["pattern"]
