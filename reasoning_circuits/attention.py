@@ -28,6 +28,17 @@ source. Traces in a batch are right-padded with an attention mask; padding never
 real row (it lies in every real row's causal future), so batched numbers equal one-at-a-time
 numbers up to float rounding.
 
+That is the ``method="pattern"`` path: one layer's ``[batch, head, T, T]`` pattern is held at a
+time (about 3 GB for 12 heads at 8k tokens in float32). ``method="fast"`` gives the same
+numbers (within 1e-4, float rounding) without any ``[T × T]`` matrix: the model's Hugging Face
+modules run with an attention function that returns each row's masses (attention output with
+one-hot part values), entropy (from the row log-sum-exp) and, on request, Gini (rows rebuilt
+in bounded blocks); see :mod:`reasoning_circuits._fast_attention`. ``method="auto"`` (the
+default) takes the fast path for traces of ``AUTO_FAST_TOKENS`` (1024) tokens or more, unless
+the model has active TransformerLens hooks (a planted pattern lives in ``hook_pattern``, which
+only the pattern path runs). ``query_parts=`` restricts the profiled query rows, e.g. to the
+answer, which the fast path then computes alone.
+
 Caveats
 -------
 * The self-key is included: the diagonal counts in ``answer→answer`` and
@@ -50,10 +61,11 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from einops import einsum
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from reasoning_circuits import stats
+from reasoning_circuits import _fast_attention, stats
+from reasoning_circuits._fast_attention import row_gini
 from reasoning_circuits._hooks import Hook, act_name, hook_layer
 from reasoning_circuits._inputs import as_traces, batches, check_traces
 from reasoning_circuits._options import check_option
@@ -62,13 +74,22 @@ from reasoning_circuits.errors import FileFormatError, ProfileMismatchError
 from reasoning_circuits.rows import RowSelector, select_rows
 from reasoning_circuits.trace import Partition, Trace, pad_traces
 
-__all__ = ["AttentionProfile", "ProfileSet", "Statistic", "segment_statistics"]
+__all__ = [
+    "AUTO_FAST_TOKENS",
+    "AttentionProfile",
+    "Method",
+    "ProfileSet",
+    "Statistic",
+    "segment_statistics",
+]
 
 Statistic = Literal["mass", "per_token", "entropy", "gini"]
+Method = Literal["pattern", "fast", "auto"]
 QueryRows = RowSelector | Sequence[int] | str
 DEFAULT_STATISTICS: tuple[Statistic, ...] = ("mass", "per_token", "entropy")
 _CHUNK_ELEMENTS = 2**20  # pattern entries per chunk (4 MB of float32: stays in cache)
 _SLICE_PARTS_MAX = 16  # up to this many contiguous parts, key masses are slice sums
+AUTO_FAST_TOKENS = 1024  # method="auto" takes the fast path from this trace length on
 
 
 def segment_statistics(
@@ -99,22 +120,22 @@ def segment_statistics(
         by its count to get a mean; sums are kept so batches and traces can be pooled. With
         ``query_rows``, every query axis has ``n_parts + extra`` entries.
     """
+    groups = _RowGroups.build(labels.to(pattern.device), n_parts, query_rows)
+    row_mass, entropy, gini = _pattern_rows(pattern, labels, groups, statistics)
+    return groups.reduce(row_mass, entropy, gini, statistics)
+
+
+def _pattern_rows(
+    pattern: Float[Tensor, "batch head query key"],
+    labels: Int[Tensor, "batch pos"],
+    groups: _RowGroups,
+    statistics: Sequence[Statistic],
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Per-row masses ``[batch, head, pos, part]``, entropies and Gini ``[batch, head, pos]``."""
     batch, n_heads, n_pos, _ = pattern.shape
+    onehot, n_keys = groups.onehot, groups.n_keys
+    n_parts = onehot.shape[-1]
     device = pattern.device
-    labels = labels.to(device)
-    valid = labels >= 0
-    onehot = F.one_hot(labels.clamp(min=0), n_parts).to(torch.float32) * valid[..., None]
-    visible = onehot.cumsum(dim=1)  # [batch, pos, part]: keys of each part at positions <= q
-    n_keys = visible.sum(-1)  # [batch, pos]
-    # query groups: the parts, then any extra row groups (keys are always the parts)
-    groups = onehot
-    if query_rows is not None:
-        groups = torch.cat([onehot, query_rows.to(device, torch.float32) * valid[..., None]], -1)
-    out: dict[str, Tensor] = {"query_count": groups.sum(1)}
-    has_keys = (visible > 0).to(torch.float32)
-    row_ok = groups * (n_keys >= 2)[..., None]  # rows with a defined normalised entropy
-    out["per_token_rows"] = einsum(groups, has_keys, "b q s, b q t -> b s t")
-    out["row_count"] = row_ok.sum(1)
 
     # Per-row results, filled chunk by chunk: one head and a block of rows at a time, and only
     # the keys those rows can see causally (half the pattern is future zeros). A chunk of a
@@ -139,27 +160,73 @@ def segment_statistics(
                 # 0 * log(tiny) = 0 for masked keys; cheaper than xlogy
                 entropy[:, h, r0:r1] = -(chunk * chunk.clamp(min=1e-30).log()).sum(-1)
             if gini is not None:
-                # Sorted ascending, a row's masked zeros come first; shift the ranks so the
-                # coefficient is taken over the row's n visible keys only.
-                ordered = chunk.sort(dim=-1).values
-                rank = torch.arange(1, r1 + 1, dtype=torch.float32, device=device)
-                total = ordered.sum(-1)
-                n = n_keys[:, r0:r1].clamp(min=2)
-                weighted = (ordered * rank).sum(-1) - (r1 - n) * total
-                gini[:, h, r0:r1] = 2 * weighted / (n * total) - (n + 1) / n
-    if "mass" in statistics:
-        out["mass_sum"] = einsum(groups, row_mass, "b q s, b h q t -> b h s t")
-    if "per_token" in statistics:
-        inv_visible = torch.where(visible > 0, 1.0 / visible.clamp(min=1), 0.0)
-        out["per_token_sum"] = einsum(
-            groups, row_mass * inv_visible[:, None], "b q s, b h q t -> b h s t"
-        )
-    if entropy is not None:
-        log_n = torch.log(n_keys.clamp(min=2))
-        out["entropy_sum"] = einsum(row_ok, entropy / log_n[:, None], "b q s, b h q -> b h s")
-    if gini is not None:
-        out["gini_sum"] = einsum(row_ok, gini, "b q s, b h q -> b h s")
-    return out
+                # Sorted ascending, a row's masked zeros come first: the coefficient is taken
+                # over the row's n visible keys only.
+                gini[:, h, r0:r1] = row_gini(chunk.sort(dim=-1).values, n_keys[:, r0:r1])
+    return row_mass, entropy, gini
+
+
+@dataclass(frozen=True)
+class _RowGroups:
+    """Which rows make up each query group, and what each row can see (shared by the pattern
+    path and the fast path, so both reduce rows to groups the same way)."""
+
+    onehot: Float[Tensor, "batch pos part"]  # key part of every position (0 for padding)
+    visible: Float[Tensor, "batch pos part"]  # keys of each part at positions <= q
+    n_keys: Float[Tensor, "batch pos"]  # keys row q can see
+    groups: Float[Tensor, "batch pos qgroup"]  # the parts, then any extra row groups
+
+    @classmethod
+    def build(
+        cls,
+        labels: Int[Tensor, "batch pos"],
+        n_parts: int,
+        query_rows: Float[Tensor, "batch pos extra"] | None,
+        keep: Bool[Tensor, "batch qgroup"] | None = None,
+    ) -> _RowGroups:
+        valid = labels >= 0
+        onehot = F.one_hot(labels.clamp(min=0), n_parts).to(torch.float32) * valid[..., None]
+        visible = onehot.cumsum(dim=1)
+        groups = onehot
+        if query_rows is not None:
+            extra = query_rows.to(labels.device, torch.float32) * valid[..., None]
+            groups = torch.cat([onehot, extra], -1)
+        if keep is not None:  # query groups left out: no rows
+            groups = groups * keep.to(labels.device, torch.float32)[:, None]
+        return cls(onehot=onehot, visible=visible, n_keys=visible.sum(-1), groups=groups)
+
+    def rows(self) -> Tensor:
+        """``[batch, pos]``: rows that belong to at least one query group."""
+        return (self.groups > 0).any(-1)
+
+    def reduce(
+        self,
+        row_mass: Float[Tensor, "batch head pos part"],
+        entropy: Float[Tensor, "batch head pos"] | None,
+        gini: Float[Tensor, "batch head pos"] | None,
+        statistics: Sequence[Statistic],
+    ) -> dict[str, Tensor]:
+        """Per-row statistics to per-group sums and counts (see :func:`segment_statistics`)."""
+        groups, visible, n_keys = self.groups, self.visible, self.n_keys
+        row_ok = groups * (n_keys >= 2)[..., None]  # rows with a defined normalised entropy
+        out: dict[str, Tensor] = {
+            "query_count": groups.sum(1),
+            "per_token_rows": einsum(groups, (visible > 0).float(), "b q s, b q t -> b s t"),
+            "row_count": row_ok.sum(1),
+        }
+        if "mass" in statistics:
+            out["mass_sum"] = einsum(groups, row_mass, "b q s, b h q t -> b h s t")
+        if "per_token" in statistics:
+            inv_visible = torch.where(visible > 0, 1.0 / visible.clamp(min=1), 0.0)
+            out["per_token_sum"] = einsum(
+                groups, row_mass * inv_visible[:, None], "b q s, b h q t -> b h s t"
+            )
+        if entropy is not None:
+            log_n = torch.log(n_keys.clamp(min=2))
+            out["entropy_sum"] = einsum(row_ok, entropy / log_n[:, None], "b q s, b h q -> b h s")
+        if gini is not None:
+            out["gini_sum"] = einsum(row_ok, gini, "b q s, b h q -> b h s")
+        return out
 
 
 def _contiguous_runs(labels: Tensor, n_parts: int) -> list[list[int]] | None:
@@ -220,6 +287,8 @@ class AttentionProfile:
         queries: Mapping[str, QueryRows] | None = ...,
         batch_size: int = ...,
         progress: bool | None = ...,
+        method: Method = ...,
+        query_parts: Sequence[str] | None = ...,
     ) -> AttentionProfile: ...
 
     @overload
@@ -236,6 +305,8 @@ class AttentionProfile:
         queries: Mapping[str, QueryRows] | None = ...,
         batch_size: int = ...,
         progress: bool | None = ...,
+        method: Method = ...,
+        query_parts: Sequence[str] | None = ...,
     ) -> ProfileSet: ...
 
     @classmethod
@@ -251,6 +322,8 @@ class AttentionProfile:
         queries: Mapping[str, QueryRows] | None = None,
         batch_size: int = 1,
         progress: bool | None = None,
+        method: Method = "auto",
+        query_parts: Sequence[str] | None = None,
     ) -> AttentionProfile | ProfileSet:
         """Profile one trace (returns an :class:`AttentionProfile`) or many (a :class:`ProfileSet`).
 
@@ -269,10 +342,24 @@ class AttentionProfile:
                 ``profile.mass("emit", "reasoning")``.
             batch_size: traces per forward pass (sorted by length to limit padding).
             progress: show a progress bar (default: when there is more than one batch).
+            method: ``"pattern"`` reduces each layer's full eager ``[head, T, T]`` pattern
+                (any hooked bridge, e.g. with planted patterns); ``"fast"`` runs the
+                model's Hugging Face modules with an attention function that yields the
+                statistics without a ``[T × T]`` matrix (O(T × parts) memory, see
+                :mod:`reasoning_circuits._fast_attention`; the same numbers within float
+                rounding); ``"auto"`` (default) takes the fast path when the longest trace
+                has at least ``AUTO_FAST_TOKENS`` (1024) tokens and the model allows it (no
+                active TransformerLens hooks, no sliding-window attention), else the pattern
+                path.
+            query_parts: profile only the query rows of these parts (and of ``queries``);
+                the other parts stay on the query axis with NaN values and a token count
+                of 0. ``query_parts=("answer",)`` computes just the answer rows, which the
+                fast path makes cheap on long traces. Default: every part.
         """
         single = isinstance(traces, Trace)
         trace_list = as_traces(traces)
         check_option(by, Partition, "by")
+        check_option(method, Method, "method")
         for statistic in statistics:
             check_option(statistic, Statistic, "statistics")
         check_traces(model, trace_list, what="AttentionProfile.compute")
@@ -286,12 +373,22 @@ class AttentionProfile:
         n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
         layer_idx = _check_indices(layers, n_layers, "layers")
         head_idx = _check_indices(heads, n_heads, "heads")
+        chosen_parts = _check_query_parts(query_parts, trace_list, by)
+        fast = _use_fast_path(model, method, max(map(len, trace_list)))
         results: list[AttentionProfile | None] = [None] * len(trace_list)
         for indices, chunk in batches(
             trace_list, batch_size, desc="attention profiles", progress=progress
         ):
             profiles = _profile_batch(
-                model, chunk, layer_idx, head_idx, by, tuple(statistics), chosen_rows
+                model,
+                chunk,
+                layer_idx,
+                head_idx,
+                by,
+                tuple(statistics),
+                chosen_rows,
+                query_parts=chosen_parts,
+                fast=fast,
             )
             for i, profile in zip(indices, profiles):
                 results[i] = profile
@@ -452,6 +549,38 @@ class AttentionProfile:
         )
 
 
+def _use_fast_path(model: Any, method: Method, longest: int) -> bool:
+    if method == "pattern":
+        return False
+    problem = _fast_attention.fast_path_problem(model)
+    if method == "fast":
+        if problem is not None:
+            raise ValueError(
+                f"method='fast' cannot run this model: {problem}; use method='pattern'"
+            )
+        return True
+    return problem is None and longest >= AUTO_FAST_TOKENS
+
+
+def _check_query_parts(
+    query_parts: Sequence[str] | None, traces: Sequence[Trace], by: Partition
+) -> frozenset[str] | None:
+    if query_parts is None:
+        return None
+    if isinstance(query_parts, str):
+        raise TypeError(f"query_parts must be a sequence of part names, e.g. ({query_parts!r},)")
+    chosen = frozenset(query_parts)
+    for index, trace in enumerate(traces):
+        names = trace.partition(by)[0]
+        unknown = sorted(chosen - set(names))
+        if unknown:
+            raise KeyError(
+                f"query_parts {unknown} are not parts of trace {index} (by={by!r}); its parts "
+                f"are {list(names)}"
+            )
+    return chosen
+
+
 def _check_indices(chosen: Sequence[int] | None, n: int, what: str) -> tuple[int, ...]:
     if chosen is None:
         return tuple(range(n))
@@ -471,6 +600,9 @@ def _profile_batch(
     by: Partition,
     statistics: tuple[Statistic, ...],
     queries: dict[str, QueryRows],
+    *,
+    query_parts: frozenset[str] | None = None,
+    fast: bool = False,
 ) -> list[AttentionProfile]:
     partitions = [trace.partition(by) for trace in traces]
     n_parts = max(len(names) for names, _ in partitions)
@@ -485,41 +617,18 @@ def _profile_batch(
         for row, trace in enumerate(traces):
             for e, selector in enumerate(queries.values()):
                 query_rows[row, select_rows(trace, selector), e] = 1.0
-    head_index = torch.tensor(heads)
-    per_layer: dict[int, dict[str, Tensor]] = {}
-
-    def reduce(pattern: Tensor, layer: int) -> None:
-        selected = pattern if len(heads) == pattern.shape[1] else pattern[:, head_index]
-        per_layer[layer] = segment_statistics(
-            selected, labels, n_parts, statistics=statistics, query_rows=query_rows
-        )
-
-    def scores_hook(scores: Tensor, hook: Any) -> None:
-        # A low-precision model's pattern rows sum to 1 only within ~1e-3 (bf16): take the
-        # softmax of its (already causally masked) scores in float32 instead.
-        if scores.dtype not in (torch.float32, torch.float64):
-            reduce(scores.float().softmax(-1), hook_layer(hook))
-
-    def pattern_hook(pattern: Tensor, hook: Any) -> None:
-        if hook_layer(hook) not in per_layer:
-            reduce(pattern, hook_layer(hook))
-
-    fwd_hooks: list[Hook] = [(act_name("attn_scores", layer), scores_hook) for layer in layers]
-    fwd_hooks += [(act_name("pattern", layer), pattern_hook) for layer in layers]
-    run_to = max(layers) + 1
-    model.run_with_hooks(
-        tokens.to(model.cfg.device),
-        attention_mask=mask.to(model.cfg.device) if len(traces) > 1 else None,
-        fwd_hooks=fwd_hooks,
-        return_type=None,
-        stop_at_layer=run_to if run_to < int(model.cfg.n_layers) else None,
-    )
-    missing = [layer for layer in layers if layer not in per_layer]
-    if missing:
-        raise RuntimeError(
-            f"hook_pattern did not fire for layers {missing}; the model must run eager attention "
-            "(load it with rc.load_model, which boots the bridge with eager attention)"
-        )
+    keep = None
+    if query_parts is not None:
+        keep = torch.ones(len(traces), n_parts + len(queries), dtype=torch.bool)
+        for row, (names, _) in enumerate(partitions):
+            keep[row, :n_parts] = torch.tensor(
+                [i < len(names) and names[i] in query_parts for i in range(n_parts)]
+            )
+    groups = _RowGroups.build(labels.to(model.cfg.device), n_parts, query_rows, keep)
+    if fast:
+        per_layer = _fast_layers(model, tokens, labels, groups, layers, heads, statistics)
+    else:
+        per_layer = _pattern_layers(model, tokens, mask, labels, groups, layers, heads, statistics)
 
     def stacked(key: str) -> np.ndarray | None:
         if key not in per_layer[layers[0]]:
@@ -556,6 +665,85 @@ def _profile_batch(
             )
         )
     return profiles
+
+
+def _pattern_layers(
+    model: Any,
+    tokens: Tensor,
+    mask: Tensor,
+    labels: Tensor,
+    groups: _RowGroups,
+    layers: tuple[int, ...],
+    heads: tuple[int, ...],
+    statistics: tuple[Statistic, ...],
+) -> dict[int, dict[str, Tensor]]:
+    """Per-layer group sums from the bridge's eager patterns, reduced inside hooks."""
+    head_index = torch.tensor(heads)
+    labels = labels.to(model.cfg.device)
+    per_layer: dict[int, dict[str, Tensor]] = {}
+
+    def reduce(pattern: Tensor, layer: int) -> None:
+        selected = pattern if len(heads) == pattern.shape[1] else pattern[:, head_index]
+        rows = _pattern_rows(selected, labels, groups, statistics)
+        per_layer[layer] = groups.reduce(*rows, statistics)
+
+    def scores_hook(scores: Tensor, hook: Any) -> None:
+        # A low-precision model's pattern rows sum to 1 only within ~1e-3 (bf16): take the
+        # softmax of its (already causally masked) scores in float32 instead.
+        if scores.dtype not in (torch.float32, torch.float64):
+            reduce(scores.float().softmax(-1), hook_layer(hook))
+
+    def pattern_hook(pattern: Tensor, hook: Any) -> None:
+        if hook_layer(hook) not in per_layer:
+            reduce(pattern, hook_layer(hook))
+
+    fwd_hooks: list[Hook] = [(act_name("attn_scores", layer), scores_hook) for layer in layers]
+    fwd_hooks += [(act_name("pattern", layer), pattern_hook) for layer in layers]
+    run_to = max(layers) + 1
+    model.run_with_hooks(
+        tokens.to(model.cfg.device),
+        attention_mask=mask.to(model.cfg.device) if len(tokens) > 1 else None,
+        fwd_hooks=fwd_hooks,
+        return_type=None,
+        stop_at_layer=run_to if run_to < int(model.cfg.n_layers) else None,
+    )
+    missing = [layer for layer in layers if layer not in per_layer]
+    if missing:
+        raise RuntimeError(
+            f"hook_pattern did not fire for layers {missing}; the model must run eager attention "
+            "(load it with rc.load_model, which boots the bridge with eager attention)"
+        )
+    return per_layer
+
+
+def _fast_layers(
+    model: Any,
+    tokens: Tensor,
+    labels: Tensor,
+    groups: _RowGroups,
+    layers: tuple[int, ...],
+    heads: tuple[int, ...],
+    statistics: tuple[Statistic, ...],
+) -> dict[int, dict[str, Tensor]]:
+    """Per-layer group sums from the fast path (no ``[T × T]`` matrix)."""
+    per_layer: dict[int, dict[str, Tensor]] = {}
+
+    def reduce(layer: int, rows: _fast_attention.LayerRows) -> None:
+        per_layer[layer] = groups.reduce(rows.row_mass, rows.entropy, rows.gini, statistics)
+
+    _fast_attention.run_row_statistics(
+        model,
+        tokens,
+        labels,
+        groups.onehot.shape[-1],
+        layers=layers,
+        heads=heads,
+        rows=groups.rows(),
+        entropy="entropy" in statistics,
+        gini="gini" in statistics,
+        on_layer=reduce,
+    )
+    return per_layer
 
 
 # ---------------------------------------------------------------------------- many traces
