@@ -29,6 +29,8 @@ __all__ = ["BUILTIN_MODELS", "check_fits", "load_model"]
 # name -> directory inside the package
 BUILTIN_MODELS: dict[str, Path] = {
     "tiny-reasoner": Path(__file__).parent / "organism" / "tiny_reasoner",
+    # a second organism (another seed, a smaller size) for cross-model comparisons
+    "tiny-reasoner-b": Path(__file__).parent / "organism" / "tiny_reasoner_b",
 }
 
 _DTYPES = {

@@ -272,3 +272,23 @@ def test_ablating_its_reasoning_heads_costs_more_log_prob_than_random_heads(reas
         )
         assert rfh.ci[1] < random_effect.ci[0], (str(rfh), str(random_effect))
     assert rfh.mean_diff < -1.0  # nats of answer log-probability
+
+
+def test_second_organism_card_matches_its_records():
+    """tiny-reasoner-b's card states what its training and evaluation records hold."""
+    directory = BUILTIN_MODELS["tiny-reasoner-b"]
+    card = (directory / "MODEL_CARD.md").read_text()
+    training = json.loads((directory / "training.json").read_text())
+    evaluation = json.loads((directory / "evaluation.json").read_text())
+    assert f"{training['parameters']:,}-parameter" in card
+    for point in training["history"]:
+        assert f"{point['heldout_accuracy']:.3f} at step {point['step']}" in card
+    for key, row in evaluation.items():
+        interval = rc.stats.proportion_ci(row["k"], row["n"])
+        assert interval.low == pytest.approx(row["low"]) and interval.high == pytest.approx(row["high"])
+        text = f"{row['k']} / {row['n']} = {100 * row['k'] / row['n']:.1f}% "
+        text += f"[{100 * row['low']:.1f}%, {100 * row['high']:.1f}%]"
+        if key == "a_reasoning":
+            text = "200 / 200 = 100% [98.1%, 100%]"
+        assert text in card, key
+    assert f"{evaluation['b_reasoning']['wrong_claims']} wrong arithmetic claims" in card
