@@ -18,6 +18,7 @@ EXAMPLES = ROOT / "examples"
         ("planted_heads.py", [], "L3H7"),
         ("intervention_study.py", ["--n", "12"], "answers_correct"),
         ("r2a_evaluation.py", ["--n", "40"], "=== reasoning vs 'finished' ==="),
+        ("thought_anchors_study.py", ["--n", "4", "--rollouts", "4"], "ModelComparison("),
     ],
 )
 def test_example_runs(script, args, expected, tmp_path):

@@ -285,7 +285,7 @@ def test_second_organism_card_matches_its_records():
         assert f"{point['heldout_accuracy']:.3f} at step {point['step']}" in card
     for key, row in evaluation.items():
         interval = rc.stats.proportion_ci(row["k"], row["n"])
-        assert interval.low == pytest.approx(row["low"]) and interval.high == pytest.approx(row["high"])
+        assert (interval.low, interval.high) == pytest.approx((row["low"], row["high"]))
         text = f"{row['k']} / {row['n']} = {100 * row['k'] / row['n']:.1f}% "
         text += f"[{100 * row['low']:.1f}%, {100 * row['high']:.1f}%]"
         if key == "a_reasoning":
