@@ -86,7 +86,13 @@ from reasoning_circuits.grading import Kind, extract_answer, grade_many
 from reasoning_circuits.heads import Head, as_heads
 from reasoning_circuits.rollouts import sample_rollouts
 from reasoning_circuits.sentences import split_sentences
-from reasoning_circuits.stats import Comparison, Interval, proportion_ci, two_proportions
+from reasoning_circuits.stats import (
+    Comparison,
+    Interval,
+    _check_confidence,
+    proportion_ci,
+    two_proportions,
+)
 from reasoning_circuits.trace import Trace, tokenizer_fingerprint
 
 try:
@@ -1097,6 +1103,11 @@ def thought_anchors(
         raise ValueError(f"rollout_budget must be >= 0 or None, got {rollout_budget}")
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    _check_confidence(confidence)  # before any rollout: a typo must not cost a run
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+    if not (isinstance(max_new_tokens, int) and max_new_tokens >= 1):
+        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
     if "resampling" in methods and (
         not isinstance(seed, int) or isinstance(seed, bool) or temperature < 0
     ):

@@ -256,20 +256,28 @@ def _compare(
     seed: int,
 ) -> dict[str, Any]:
     xa, xb = mean_a[quantity].to_numpy(), mean_b[quantity].to_numpy()
+    for name, values in (("a", xa), ("b", xb)):
+        if not np.isfinite(values).any():
+            raise ValueError(
+                f"{quantity!r} has no value in any problem of frame {name} (all NaN); drop "
+                "it from metrics/confounds or fill it"
+            )
     row: dict[str, Any] = {
         "quantity": quantity,
         "kind": kind,
         "mean_a": float(np.nanmean(xa)),
         "mean_b": float(np.nanmean(xb)),
     }
-    diffs = xa - xb if design == "paired" else None
+    diffs = (xa - xb)[np.isfinite(xa - xb)] if design == "paired" else None
+    if diffs is not None and diffs.size == 0:
+        raise ValueError(f"{quantity!r} has no problem with a value under both models")
     constant = (
-        np.ptp(diffs[np.isfinite(diffs)]) == 0
+        np.ptp(diffs) == 0
         if diffs is not None
         else np.ptp(xa[np.isfinite(xa)]) == 0 and np.ptp(xb[np.isfinite(xb)]) == 0
     )
     if constant:  # no spread: the difference is what it is, no interval or test follows
-        estimate = float(np.nanmean(xa) - np.nanmean(xb))
+        estimate = float(diffs[0]) if diffs is not None else float(np.nanmean(xa) - np.nanmean(xb))
         row.update(
             estimate=estimate,
             low=math.nan,

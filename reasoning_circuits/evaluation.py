@@ -866,7 +866,12 @@ class Evaluation:
         ax.set_ylabel(f"accuracy ({self.confidence:.0%} CI)")
         fig.legend(loc="outside lower center", ncols=2, fontsize=9, frameon=False)
         ax.spines[["top", "right"]].set_visible(False)
-        test = "exact McNemar" if self.binary else "paired t on per-problem pass rates"
+        itt = self.sets["itt"].difference
+        test = (  # the test that was run (paired_test turns to McNemar on 0/1 pass rates)
+            itt.tests[0].name
+            if itt is not None
+            else ("exact McNemar" if self.binary else "paired t on per-problem pass rates")
+        )
         ns = self.n_samples
         per = (
             f"{ns['with']} sample{'s' * (ns['with'] > 1)}"

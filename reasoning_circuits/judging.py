@@ -682,6 +682,11 @@ def judge_runs(
             ``(id, sample)``, or a record's id is not in ``problems``.
     """
     check_option(missing, Missing, "missing")
+    # checked before any (possibly paid) judge call
+    stats._check_confidence(confidence)
+    stats._check_resamples(n_resamples)
+    if isinstance(min_group, bool) or not isinstance(min_group, int) or min_group < 1:
+        raise ValueError(f"min_group must be an int >= 1, got {min_group!r}")
     template = JUDGE_TEMPLATE if template is None else template
     areas = TASK_AREAS if areas is None else areas
     _check_template(template)
@@ -702,6 +707,8 @@ def judge_runs(
             f"{len(unknown)} task ids of the runs are not in problems (e.g. "
             f"{_examples(unknown)}); pass the WildBench problems the runs were collected on"
         )
+    if isinstance(exclude_tags, str):  # one tag, not its letters
+        exclude_tags = (exclude_tags,)
     excluded = {t.strip().lower() for t in exclude_tags}
     keep = {
         pid

@@ -22,8 +22,9 @@ On a machine without GPUs, ``torchrun --nproc_per_node 2 profile.py`` (or ``acce
 --multi_gpu --num_processes 2``) starts CPU processes; the default state then forms a CPU
 process group. Every process must see the same traces in the same order (read the same
 file). A share is written atomically as ``shard-RANK-of-WORLD.npz``; each profile carries its
-trace's index (``metadata["trace_index"]``). A rerun finds a complete share of the same run
-and skips it, so a job killed half-way redoes only the missing shares. :func:`merge_profiles`
+trace's index (``metadata["trace_index"]``) and a fingerprint of the run (the traces' ids
+and the options, ``metadata["run"]``). A rerun finds a complete share of the same run and
+skips it, so a job killed half-way redoes only the missing shares. :func:`merge_profiles`
 refuses a directory whose shares do not cover every trace exactly once (a missing or foreign
 share).
 """
@@ -31,6 +32,7 @@ share).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -84,10 +86,11 @@ def profile_shard(
     with state.split_between_processes(list(range(len(trace_list)))) as share:
         indices = [int(i) for i in share]
     target = _shard_path(directory, rank, world)
+    run = _run_fingerprint(trace_list, options)
     if target.exists():
         done = ProfileSet.load(target)
         found = [p.metadata.get("trace_index") for p in done]
-        if found == indices and all(p.metadata.get("n_traces") == len(trace_list) for p in done):
+        if found == indices and all(p.metadata.get("run") == run for p in done):
             return target  # this share was finished by an earlier run
         raise FileFormatError(
             f"{target} holds traces {found[:5]}... of another run (this run's share is "
@@ -102,11 +105,27 @@ def profile_shard(
     profiles = result if isinstance(result, ProfileSet) else ProfileSet([result])
     tagged = [
         dataclasses.replace(
-            profile, metadata={**profile.metadata, "trace_index": i, "n_traces": len(trace_list)}
+            profile,
+            metadata={
+                **profile.metadata,
+                "trace_index": i,
+                "n_traces": len(trace_list),
+                "run": run,
+            },
         )
         for profile, i in zip(profiles, indices)
     ]
     return ProfileSet(tagged).save(target)
+
+
+def _run_fingerprint(traces: Sequence[Trace], options: dict[str, Any]) -> str:
+    """SHA-256 of the traces' ids and the profile options: shares of one run agree on it."""
+    digest = hashlib.sha256()
+    for trace in traces:
+        digest.update(",".join(map(str, trace.ids)).encode() + b";")
+    chosen = sorted((k, repr(v)) for k, v in options.items() if k != "progress")
+    digest.update(repr(chosen).encode())
+    return digest.hexdigest()[:16]
 
 
 def merge_profiles(out_dir: str | Path) -> ProfileSet:
@@ -125,6 +144,7 @@ def merge_profiles(out_dir: str | Path) -> ProfileSet:
         )
     by_index: dict[int, AttentionProfile] = {}
     totals: set[int] = set()
+    runs: set[str] = set()
     for path in paths:
         for profile in ProfileSet.load(path):
             index = profile.metadata.get("trace_index")
@@ -134,6 +154,12 @@ def merge_profiles(out_dir: str | Path) -> ProfileSet:
                 raise FileFormatError(f"trace {index} appears in two shares ({path})")
             by_index[int(index)] = profile
             totals.add(int(profile.metadata["n_traces"]))
+            runs.add(str(profile.metadata.get("run")))
+    if len(runs) > 1:
+        raise FileFormatError(
+            f"{directory} holds shares of {len(runs)} runs (other traces or options); keep "
+            "one run's shares per directory"
+        )
     (total,) = totals if len(totals) == 1 else (None,)
     if total is None:
         raise FileFormatError(f"the shares disagree on the number of traces: {sorted(totals)}")

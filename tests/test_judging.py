@@ -207,3 +207,17 @@ def test_refusals_and_round_trip(tmp_path):
     assert back.scores().equals(result.scores())
     assert repr(back) == repr(result) and "18 tasks" in repr(result)
     assert not math.isnan(back.overall.p_value)
+
+
+def test_bad_statistics_options_are_refused_before_any_judge_call_and_one_tag_is_a_tag():
+    w, wo = runs()
+    judge = FakeJudge()
+    for bad in ({"confidence": 95}, {"n_resamples": 0}, {"min_group": 0}):
+        with pytest.raises(ValueError):
+            judge_runs(tasks(), w, wo, judge, **bad)
+    assert judge.calls == []  # nothing was spent
+    one = judge_runs(tasks(), w, wo, judge, n_resamples=500, min_group=3, exclude_tags="Math")
+    listed = judge_runs(
+        tasks(), w, wo, FakeJudge(), n_resamples=500, min_group=3, exclude_tags=["Math"]
+    )
+    assert one.to_frame().equals(listed.to_frame())

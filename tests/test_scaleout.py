@@ -71,6 +71,8 @@ def test_resume_skips_finished_shares_and_refuses_foreign_ones(gpt2, tokenizer, 
         merge_profiles(tmp_path)  # share 1 of 2 is missing
     with pytest.raises(FileFormatError, match="another run"):
         profile_shard(gpt2, items[:3], tmp_path, state=FakeState(0, 2), progress=False)
+    with pytest.raises(FileFormatError, match="another run"):  # same traces, other options
+        profile_shard(gpt2, items, tmp_path, state=FakeState(0, 2), by="sentences")
     profile_shard(gpt2, items, tmp_path, state=FakeState(0, 1), progress=False)
     with pytest.raises(FileFormatError, match="different process counts"):
         merge_profiles(tmp_path)
