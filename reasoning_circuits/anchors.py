@@ -79,6 +79,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from reasoning_circuits._hooks import Hook, act_name
+from reasoning_circuits._inputs import as_traces
 from reasoning_circuits._options import check_option
 from reasoning_circuits.collection import _hf_parts, _stop_ids, sample_seed
 from reasoning_circuits.errors import FileFormatError
@@ -1021,9 +1022,9 @@ def _own_answer(trace: Trace, kind: Kind) -> str | None:
 
 def thought_anchors(
     model: Any,
-    trace: Trace,
+    traces: Trace | Sequence[Trace],
     *,
-    gold: str | None = None,
+    gold: str | Sequence[str] | None = None,
     methods: Sequence[Method] = ("removal", "suppression", "resampling"),
     n_rollouts: int | None = None,
     max_resamples: int | None = None,
@@ -1037,7 +1038,7 @@ def thought_anchors(
     grader: Grader | None = None,
     kind: Kind = "math",
     think_close: str = "</think>",
-    trace_id: str | None = None,
+    trace_id: str | Sequence[str] | None = None,
     batch_size: int = 8,
     seed: int = 0,
     confidence: float = 0.95,
@@ -1045,12 +1046,15 @@ def thought_anchors(
     progress: bool | None = None,
     study_conventions: bool = False,
 ) -> AnchorSet:
-    """Importance of every reasoning sentence of ``trace`` by the chosen ``methods``.
+    """Importance of every reasoning sentence of one trace, or of each of several traces.
 
     Args:
         model: a ``TransformerBridge`` (``rc.load_model``); removal and suppression run
             through its hooks, rollouts through its Hugging Face model.
-        trace: the trace; its ``sentences`` are the units.
+        traces: one :class:`Trace` or a sequence; their ``sentences`` are the units. Several
+            traces run one after the other into one :class:`AnchorSet` (and one ``out``
+            file, resumed per trace); ``gold`` and ``trace_id`` are then ``None`` or one per
+            trace, and ``rollout_budget`` applies to each trace.
         gold: the answer rollouts are graded against (by ``grader``); default
             ``trace.metadata["gold"]``, else the trace's own final answer.
         methods: any of ``"removal"``, ``"suppression"``, ``"resampling"``.
@@ -1085,6 +1089,82 @@ def thought_anchors(
         An :class:`AnchorSet` with one :class:`SentenceImportance` per sentence (fewer if
         the budget ran out), in sentence order.
     """
+    common: dict[str, Any] = dict(
+        methods=methods,
+        n_rollouts=n_rollouts,
+        max_resamples=max_resamples,
+        rollout_budget=rollout_budget,
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        heads=heads,
+        answer_text=answer_text,
+        sentence_filter=sentence_filter,
+        grader=grader,
+        kind=kind,
+        think_close=think_close,
+        batch_size=batch_size,
+        seed=seed,
+        confidence=confidence,
+        out=out,
+        progress=progress,
+        study_conventions=study_conventions,
+    )
+    if isinstance(traces, Trace):
+        if gold is not None and not isinstance(gold, str):
+            raise TypeError("for one trace pass gold= as a string (or None)")
+        if trace_id is not None and not isinstance(trace_id, str):
+            raise TypeError("for one trace pass trace_id= as a string (or None)")
+        return _trace_anchors(model, traces, gold=gold, trace_id=trace_id, **common)
+    trace_list = as_traces(traces)
+    golds = _per_trace(gold, len(trace_list), "gold")
+    ids = _per_trace(trace_id, len(trace_list), "trace_id")
+    sets = [
+        _trace_anchors(model, trace, gold=g, trace_id=i, **common)
+        for trace, g, i in zip(trace_list, golds, ids)
+    ]
+    parameters = {k: v for k, v in sets[0].parameters.items() if k != "trace_id"}
+    parameters["trace_ids"] = [x.parameters["trace_id"] for x in sets]
+    return AnchorSet(tuple(r for x in sets for r in x.records), MappingProxyType(parameters))
+
+
+def _per_trace(value: Any, n: int, name: str) -> list[Any]:
+    if value is None:
+        return [None] * n
+    if isinstance(value, str) or len(value) != n:
+        raise ValueError(
+            f"with {n} traces pass {name}= as None or a sequence of {n} values (one per trace)"
+        )
+    return list(value)
+
+
+def _trace_anchors(
+    model: Any,
+    trace: Trace,
+    *,
+    gold: str | None = None,
+    methods: Sequence[Method] = ("removal", "suppression", "resampling"),
+    n_rollouts: int | None = None,
+    max_resamples: int | None = None,
+    rollout_budget: int | None = None,
+    temperature: float = 0.6,
+    top_p: float = 0.95,
+    max_new_tokens: int = 512,
+    heads: Sequence[Head | tuple[int, int]] | None = None,
+    answer_text: str | None = None,
+    sentence_filter: SentenceFilter | None = None,
+    grader: Grader | None = None,
+    kind: Kind = "math",
+    think_close: str = "</think>",
+    trace_id: str | None = None,
+    batch_size: int = 8,
+    seed: int = 0,
+    confidence: float = 0.95,
+    out: str | os.PathLike[str] | None = None,
+    progress: bool | None = None,
+    study_conventions: bool = False,
+) -> AnchorSet:
+    """:func:`thought_anchors` of one trace (its arguments, documented there)."""
     if isinstance(methods, str):
         methods = (methods,)  # type: ignore[assignment]
     for method in methods:

@@ -6,6 +6,7 @@ import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -301,6 +302,21 @@ def test_save_and_load_round_trip_with_nan_as_null(reasoner, traces, tmp_path):
         AnchorSet.load(tmp_path / "x.jsonl")
 
 
+def test_several_traces_equal_each_trace_alone(reasoner, traces, tmp_path):
+    chosen = [t for t, _ in traces[:2]]
+    both = thought_anchors(reasoner, chosen, methods=("removal",), out=tmp_path / "a.jsonl")
+    alone = [thought_anchors(reasoner, t, methods=("removal",)) for t in chosen]
+    expected = pd.concat([a.to_frame() for a in alone], ignore_index=True)
+    pd.testing.assert_frame_equal(both.to_frame(), expected)
+    assert len({r.trace_id for r in both}) == 2
+    again = thought_anchors(reasoner, chosen, methods=("removal",), out=tmp_path / "a.jsonl")
+    pd.testing.assert_frame_equal(again.to_frame(), expected)  # resumed from the file
+    with pytest.raises(ValueError, match="one per trace"):
+        thought_anchors(reasoner, chosen, gold="8", methods=("removal",))
+    with pytest.raises(TypeError, match="as a string"):
+        thought_anchors(reasoner, chosen[0], gold=["8"], methods=("removal",))
+
+
 def test_refusals(reasoner, traces):
     trace, gold = traces[0]
     with pytest.raises(ValueError, match="methods must be one of"):
@@ -375,11 +391,15 @@ def test_the_result_sentence_is_the_removal_anchor_and_fillers_do_not_matter(rea
 @pytest.mark.slow
 def test_computing_steps_are_anchors_and_fillers_are_not_over_50_problems(reasoner):
     """The final step costs the answer more than 1 nat beyond any filler in every problem
-    where it writes a new value (in _proof), and no filler's Δ interval excludes 0. That the
+    where it writes a new value (in _proof), and no filler's Δ differs from 0 (Holm). That the
     final step is the single largest is asserted only against chance: earlier steps can
     cost as much when their value reaches the answer only through them; measured 39 of 50
     (78%, the issue's goal was 80%; see docs/anchors.md)."""
     removal_top, _, total, fillers = _proof(reasoner, 50, 20)
     assert total >= 45
-    assert fillers and all(f.resampling.difference.contains(0) for f in fillers)
+    # many fillers, each tested at 5%: one in twenty would exclude 0 by chance alone, so
+    # the family is judged with Holm's adjustment (no filler's Δ differs from 0)
+    tested = [f.resampling.p_value for f in fillers if f.resampling is not None]
+    p = rc.stats.adjust_pvalues(tested, method="holm")
+    assert len(tested) >= 10 and (p > 0.05).all()
     assert removal_top >= total / 2  # far above a uniform pick among 2-4 steps
