@@ -10,8 +10,10 @@ written with and without reasoning (spec §2, WildBench).
   segment** reaches the judge (:func:`reasoning_circuits.grading.answer_segment`): the
   reasoning is hidden, as in R2A, so the judge scores what a user would read. A response
   whose reasoning never closed has no answer: :func:`judge_prompt` **refuses** it
-  (:class:`UnjudgeableResponseError`, ``reason="unfinished"``), and :func:`judge_runs`
-  marks it ``"unfinished"`` without asking the judge.
+  (:class:`UnjudgeableResponseError`, ``reason="unfinished"``). :func:`judge_runs`, which
+  sees the collection records, tells the two causes apart without asking the judge: a record
+  stopped by its token limit is ``"unfinished"``, one that ended (EOS) without closing its
+  reasoning is ``"malformed"``.
 * The judge is any callable ``judge(prompt: str) -> str`` you supply (an API client, a local
   model); none is bundled.
 * :func:`parse_score` reads the score from the judge's reply (see its docstring for the
