@@ -52,34 +52,43 @@ __all__ = ["plot_study_summary"]
 
 def _share_interval(
     values: np.ndarray, clusters: np.ndarray, confidence: float, n_resamples: int, seed: int
-) -> tuple[stats.Interval, str]:
-    """A pooled share of 0/1 ``values`` with a cluster bootstrap interval, or Wilson's over
-    values when clusters cannot give one; returns the interval and a short method label."""
-    k, n = int(values.sum()), int(values.size)
-    if len(np.unique(clusters)) >= 2:
-        try:
-            interval = stats.cluster_bootstrap_ci(
-                values,
-                clusters,
-                statistic="mean",
-                confidence=confidence,
-                n_resamples=n_resamples,
-                seed=seed,
-            )
-            # a share lies in [0, 1]; a t-based cluster interval can overshoot at few problems
-            clipped = stats.Interval(
-                interval.estimate,
-                max(interval.low, 0.0),
-                min(interval.high, 1.0),
-                interval.confidence,
-                interval.method,
-                interval.n,
-                interval.dropped,
-            )
-            return clipped, f"cluster ({interval.n} problems)"
-        except stats.ZeroVarianceError:
-            pass
-    return stats.proportion_ci(k, n, confidence=confidence), "Wilson (sentences)"
+) -> tuple[stats.Interval | None, str]:
+    """A pooled share of 0/1 ``values`` with an interval over problems (``clusters``).
+
+    A cluster bootstrap when problems differ; when every problem has the same share of 0 or
+    1, Wilson's interval over problems (each problem one unit); otherwise (one problem, or
+    every problem at the same fraction) no interval. Sentences are never the units.
+    Returns the interval (or None) and a short method label.
+    """
+    labels = np.unique(clusters)
+    if len(labels) < 2:
+        return None, "no interval (1 problem)"
+    try:
+        interval = stats.cluster_bootstrap_ci(
+            values,
+            clusters,
+            statistic="mean",
+            confidence=confidence,
+            n_resamples=n_resamples,
+            seed=seed,
+        )
+    except stats.ZeroVarianceError:
+        share = float(values.mean())
+        if share in (0.0, 1.0):
+            k = len(labels) if share == 1.0 else 0
+            return stats.proportion_ci(k, len(labels), confidence=confidence), "Wilson (problems)"
+        return None, "no interval (equal shares)"
+    # a share lies in [0, 1]; a t-based cluster interval can overshoot at few problems
+    clipped = stats.Interval(
+        interval.estimate,
+        max(interval.low, 0.0),
+        min(interval.high, 1.0),
+        interval.confidence,
+        interval.method,
+        interval.n,
+        interval.dropped,
+    )
+    return clipped, f"cluster ({interval.n} problems)"
 
 
 def _errorbar(ax: Any, x: float, interval: stats.Interval, label: str, **style: Any) -> None:
@@ -202,11 +211,12 @@ def plot_study_summary(
         ok = np.isfinite(d)
         if ok.any():
             positive = (d[ok] > 0).astype(float)
-            interval, method = _share_interval(
+            share, method = _share_interval(
                 positive, clusters_all[ok], confidence, n_resamples, seed
             )
-            ax_positive.bar(x, interval.estimate, color=color, alpha=0.6, width=0.6)
-            _errorbar(ax_positive, x, interval, f"{name} positive")
+            ax_positive.bar(x, float(positive.mean()), color=color, alpha=0.6, width=0.6)
+            if share is not None:
+                _errorbar(ax_positive, x, share, f"{name} positive")
             ax_positive.text(
                 x,
                 0.02,
@@ -222,11 +232,12 @@ def plot_study_summary(
         mask = checked.notna().to_numpy()
         if mask.any():
             right = checked[mask].astype(float).to_numpy()
-            interval, method = _share_interval(
+            share, method = _share_interval(
                 right, clusters_all[mask], confidence, n_resamples, seed
             )
-            ax_verified.bar(x, interval.estimate, color=color, alpha=0.6, width=0.6)
-            _errorbar(ax_verified, x, interval, f"{name} verified")
+            ax_verified.bar(x, float(right.mean()), color=color, alpha=0.6, width=0.6)
+            if share is not None:
+                _errorbar(ax_verified, x, share, f"{name} verified")
             ax_verified.text(
                 x, 0.02, f"{int(right.sum())}/{right.size}\n{method}", ha="center", fontsize=7
             )

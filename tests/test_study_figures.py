@@ -113,20 +113,20 @@ def test_failure_intervals_are_wilson_intervals_of_each_share(figure, frames):
     assert not any("computational" in label for label in drawn)  # only modes that occur
 
 
-def test_without_a_cluster_interval_the_share_falls_back_to_wilson(frames):
+def test_without_a_cluster_interval_sentences_are_never_the_units(frames):
     a, _ = frames
     one_problem = a.assign(problem="only", verification_ok=True)
     fig = plot_study_summary(one_problem, a, n_resamples=N_RESAMPLES)
     drawn = _intervals(fig)
-    rated = one_problem[one_problem["prob_delta"].notna()]
-    k = int((rated["prob_delta"] > 0).sum())
-    expected = stats.proportion_ci(k, len(rated))
-    assert drawn["A positive"] == pytest.approx((expected.low, expected.high))
-    everything_right = stats.proportion_ci(len(a), len(a))
-    assert drawn["A verified"] == pytest.approx((everything_right.low, 1.0))
-    assert "A entropy" not in drawn  # one problem: a mean without an interval
+    assert "A positive" not in drawn and "A entropy" not in drawn  # one problem: no interval
     texts = " ".join(t.get_text() for ax in fig.axes for t in ax.texts)
-    assert "Wilson (sentences)" in texts and "no CI" in texts
+    assert "no interval (1 problem)" in texts and "no CI" in texts
+    # every problem all right: Wilson over problems (each problem one unit), not sentences
+    fig = plot_study_summary(a.assign(verification_ok=True), a, n_resamples=N_RESAMPLES)
+    n_problems = a["problem"].nunique()
+    expected = stats.proportion_ci(n_problems, n_problems)
+    assert _intervals(fig)["A verified"] == pytest.approx((expected.low, expected.high))
+    assert n_problems < len(a)  # the sentence-level interval would have been narrower
 
 
 def test_the_study_files_can_be_drawn(frames, tmp_path):
