@@ -605,7 +605,18 @@ class _Writer:
         self.path = path
         self.done: dict[tuple[str, int], SentenceImportance] = {}
         path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists() and path.stat().st_size > 0:
+        # lock before reading or changing anything: "a" creates the file but never truncates
+        self.handle = open(path, "a", encoding="utf-8")  # noqa: SIM115
+        if fcntl is not None:
+            try:
+                fcntl.flock(self.handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                self.handle.close()
+                raise FileFormatError(f"{path} is being written by another process") from err
+        try:
+            if path.stat().st_size == 0:
+                self._write(_header(parameters))
+                return
             stored, self.done = _read(path)
             wanted = json.loads(json.dumps(_finite(dict(parameters))))
             differ = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
@@ -621,16 +632,9 @@ class _Writer:
                 data = handle.read()
                 if not data.endswith(b"\n"):
                     handle.truncate(data.rfind(b"\n") + 1)
-            self.handle = open(path, "a", encoding="utf-8")  # noqa: SIM115
-        else:
-            self.handle = open(path, "w", encoding="utf-8")  # noqa: SIM115
-            self._write(_header(parameters))
-        if fcntl is not None:
-            try:
-                fcntl.flock(self.handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as err:
-                self.handle.close()
-                raise FileFormatError(f"{path} is being written by another process") from err
+        except BaseException:
+            self.handle.close()
+            raise
 
     def _write(self, data: Mapping[str, Any]) -> None:
         self.handle.write(_line(data))

@@ -405,3 +405,20 @@ def test_computing_steps_are_anchors_and_fillers_are_not_over_50_problems(reason
     p = rc.stats.adjust_pvalues(tested, method="holm")
     assert len(tested) >= 10 and (p > 0.05).mean() >= 0.8
     assert removal_top >= total / 2  # far above a uniform pick among 2-4 steps
+
+
+def test_a_second_writer_is_refused_before_it_touches_the_file(tmp_path):
+    from reasoning_circuits.anchors import _Writer
+
+    path = tmp_path / "a.jsonl"
+    first = _Writer(path, {"seed": 0})
+    before = path.read_bytes()
+    with pytest.raises(rc.errors.FileFormatError, match="another process"):
+        _Writer(path, {"seed": 0})
+    with pytest.raises(rc.errors.FileFormatError, match="another process"):
+        _Writer(path, {"seed": 1})  # other parameters: still refused by the lock first
+    assert path.read_bytes() == before
+    first.close()
+    with pytest.raises(AnchorFileMismatchError):
+        _Writer(path, {"seed": 1})
+    assert path.read_bytes() == before
