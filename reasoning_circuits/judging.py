@@ -35,6 +35,7 @@ judge (WildBench's rule for empty outputs).
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import math
 import os
@@ -51,6 +52,7 @@ from reasoning_circuits import stats
 from reasoning_circuits._options import check_option
 from reasoning_circuits._store import load_npz, save_npz
 from reasoning_circuits.collection import TraceRecord
+from reasoning_circuits.errors import FileFormatError
 from reasoning_circuits.evaluation import (
     ARMS,
     EMPTY_ANSWER,
@@ -588,14 +590,69 @@ def _area_of(problem: Any, areas: Mapping[str, str]) -> str:
     return areas.get(str(tag).strip().lower(), str(tag))
 
 
+class _ReplyCache:
+    """Judge replies kept in a JSONL file as they arrive, so a rerun calls the judge only for
+    what is missing. Key: SHA-256 of the prompt and the attempt number. One write + flush +
+    fsync per reply; a cut last line (a killed run) is dropped on load."""
+
+    KIND = "JudgeReplies"
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.replies: dict[str, str] = {}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and self.path.stat().st_size > 0:
+            data = self.path.read_bytes()
+            complete = data[: data.rfind(b"\n") + 1]
+            lines = complete.decode("utf-8").splitlines()
+            header = json.loads(lines[0]) if lines else {}
+            if not isinstance(header, dict) or header.get("kind") != self.KIND:
+                raise FileFormatError(
+                    f"{self.path} is not a judge reply cache (no {self.KIND!r} header); pass "
+                    "another cache= path"
+                )
+            for line in lines[1:]:
+                item = json.loads(line)
+                self.replies[item["key"]] = item["reply"]
+            if len(complete) < len(data):
+                with open(self.path, "rb+") as handle:
+                    handle.truncate(len(complete))
+            self.handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        else:
+            self.handle = open(self.path, "w", encoding="utf-8")  # noqa: SIM115
+            self._append({"kind": self.KIND, "format_version": 1})
+
+    def _append(self, item: Mapping[str, Any]) -> None:
+        self.handle.write(json.dumps(item, ensure_ascii=False) + "\n")
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+
+    def ask(self, judge: Callable[[str], str], prompt: str, attempt: int) -> str:
+        key = f"{hashlib.sha256(prompt.encode()).hexdigest()}:{attempt}"
+        if key not in self.replies:
+            reply = judge(prompt)
+            if isinstance(reply, str):  # anything else is refused by the caller
+                self._append({"key": key, "reply": reply})
+                self.replies[key] = reply
+            return reply
+        return self.replies[key]
+
+    def close(self) -> None:
+        self.handle.close()
+
+
 def _judge_one(
-    judge: Callable[[str], str], prompt: str, retries: int, where: str
+    judge: Callable[[str], str],
+    prompt: str,
+    retries: int,
+    where: str,
+    cache: _ReplyCache | None = None,
 ) -> tuple[float | None, int, str, str]:
     reading = ScoreReading(None, "none")
     output = ""
     for attempt in range(1, retries + 2):
         try:
-            output = judge(prompt)
+            output = judge(prompt) if cache is None else cache.ask(judge, prompt, attempt)
         except Exception as err:
             raise RuntimeError(f"the judge raised on {where} (attempt {attempt}): {err}") from err
         if not isinstance(output, str):
@@ -660,6 +717,7 @@ def judge_runs(
     n_resamples: int = 9999,
     seed: int = 0,
     min_group: int = 5,
+    cache: str | os.PathLike[str] | None = None,
 ) -> Judgement:
     """Score every response of both arms with ``judge`` and compare them per task.
 
@@ -678,6 +736,9 @@ def judge_runs(
             responses count as 1).
         confidence, n_resamples, seed: of the intervals.
         min_group: areas with fewer tasks get a note instead of statistics.
+        cache: a JSONL file that keeps every judge reply as it arrives (keyed by the prompt
+            and attempt): if the judge fails half-way (a rate limit, a killed job), rerun
+            with the same ``cache`` and only the missing prompts are sent again.
 
     Raises:
         EvaluationInputError: the arms' problems differ, an arm mixes settings or repeats an
@@ -720,12 +781,17 @@ def judge_runs(
     if not keep:
         raise EvaluationInputError(f"exclude_tags={list(exclude_tags)} leaves no task to judge")
     responses: list[JudgedResponse] = []
-    for arm in ARMS:
-        for r in sorted(arms[arm], key=lambda r: (r.id, r.sample)):
-            if r.id in keep:
-                responses.append(
-                    _judge_record(r, arm, by_id[r.id], judge, retries, template, areas)
-                )  # type: ignore[arg-type]
+    replies = _ReplyCache(cache) if cache is not None else None
+    try:
+        for arm in ARMS:
+            for r in sorted(arms[arm], key=lambda r: (r.id, r.sample)):
+                if r.id in keep:
+                    responses.append(
+                        _judge_record(r, arm, by_id[r.id], judge, retries, template, areas, replies)  # type: ignore[arg-type]
+                    )
+    finally:
+        if replies is not None:
+            replies.close()
     task_ids = sorted(keep)
     scores = _task_scores(responses, task_ids, missing)
     area_of = {pid: _area_of(by_id[pid], areas) for pid in task_ids}
@@ -769,6 +835,7 @@ def _judge_record(
     retries: int,
     template: str,
     areas: Mapping[str, str],
+    replies: _ReplyCache | None = None,
 ) -> JudgedResponse:
     area = _area_of(problem, areas)
     base: dict[str, Any] = {"arm": arm, "id": record.id, "sample": record.sample, "area": area}
@@ -784,7 +851,11 @@ def _judge_record(
         return JudgedResponse(**base, status="malformed", score=math.nan, attempts=0, detail=why)
     prompt = _render(problem, answer, template)
     score, attempts, output, detail = _judge_one(
-        judge, prompt, retries, f"task {record.id!r} sample {record.sample} ({arm} reasoning)"
+        judge,
+        prompt,
+        retries,
+        f"task {record.id!r} sample {record.sample} ({arm} reasoning)",
+        replies,
     )
     if score is None:
         return JudgedResponse(

@@ -12,6 +12,7 @@ import pytest
 import scipy.stats
 
 from reasoning_circuits.datasets import Problem, load_wildbench
+from reasoning_circuits.errors import FileFormatError
 from reasoning_circuits.evaluation import EvaluationInputError
 from reasoning_circuits.judging import (
     JUDGE_TEMPLATE,
@@ -221,3 +222,30 @@ def test_bad_statistics_options_are_refused_before_any_judge_call_and_one_tag_is
         tasks(), w, wo, FakeJudge(), n_resamples=500, min_group=3, exclude_tags=["Math"]
     )
     assert one.to_frame().equals(listed.to_frame())
+
+
+def test_a_judge_that_fails_half_way_is_resumed_from_the_reply_cache(tmp_path):
+    w, wo = runs()
+    cache = tmp_path / "replies.jsonl"
+
+    class Flaky(FakeJudge):
+        def __call__(self, prompt):
+            if len(self.calls) == 10:
+                raise ConnectionError("rate limited")
+            return super().__call__(prompt)
+
+    with pytest.raises(RuntimeError, match="rate limited"):
+        judge_runs(tasks(), w, wo, Flaky(), n_resamples=500, min_group=3, cache=cache)
+    with open(cache, "ab") as handle:  # a run killed mid-write leaves a cut line
+        handle.write(b'{"key": "abc')
+    second = FakeJudge()
+    resumed = judge_runs(tasks(), w, wo, second, n_resamples=500, min_group=3, cache=cache)
+    assert len(second.calls) == 36 - 10  # only the prompts the first run did not get back
+    clean = judge_runs(tasks(), w, wo, FakeJudge(), n_resamples=500, min_group=3)
+    assert resumed.to_frame().equals(clean.to_frame())
+    again = FakeJudge()
+    judge_runs(tasks(), w, wo, again, n_resamples=500, min_group=3, cache=cache)
+    assert again.calls == []  # everything is in the cache now
+    (tmp_path / "other.jsonl").write_text('{"kind": "TraceRecords"}\n')
+    with pytest.raises(FileFormatError, match="judge reply cache"):
+        judge_runs(tasks(), w, wo, FakeJudge(), cache=tmp_path / "other.jsonl")
