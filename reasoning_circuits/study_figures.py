@@ -250,18 +250,24 @@ def plot_study_summary(
     width = 0.8 / 2
     handles = []
     for x, (frame, name) in enumerate(zip(frames, names)):
-        labels = frame[failure].dropna().astype(str)
+        labels = frame[failure].astype(object).where(frame[failure].notna(), None).to_numpy()
+        problems_of = frame[problem].astype(str).to_numpy()
         n = len(frame)
         for j, mode in enumerate(modes):
-            k = int((labels == mode).sum())
-            interval = stats.proportion_ci(k, n, confidence=confidence)
+            hits = np.array([label is not None and str(label) == mode for label in labels])
+            k = int(hits.sum())
+            # a share of sentences, with problems as the units of its interval
+            share, _ = _share_interval(
+                hits.astype(float), problems_of, confidence, n_resamples, seed
+            )
             position = j + (x - 0.5) * width
             bars = ax_failure.bar(
-                position, interval.estimate, width=width, color=f"C{x}", alpha=0.6, label=name
+                position, k / n, width=width, color=f"C{x}", alpha=0.6, label=name
             )
             if j == 0:
                 handles.append(bars)
-            _errorbar(ax_failure, position, interval, f"{name} failure:{mode}")
+            if share is not None:
+                _errorbar(ax_failure, position, share, f"{name} failure:{mode}")
             ax_failure.text(position, 0, f"{k}/{n}", ha="center", va="bottom", fontsize=6)
     if modes:
         ax_failure.set_xticks(range(len(modes)), [m.replace("_", "\n") for m in modes], fontsize=7)
@@ -283,7 +289,7 @@ def plot_study_summary(
     )
     ax_positive.set_ylim(0, 1.05)
     ax_failure.set_title(
-        f"failure modes: share of sentences\n{level} Wilson CI (sentences as units)", fontsize=9
+        f"failure modes: share of sentences\n{level} cluster CI (problems as units)", fontsize=9
     )
     ax_failure.set_ylabel("share of sentences")
     ax_verified.set_title(

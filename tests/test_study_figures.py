@@ -103,13 +103,13 @@ def test_share_intervals_are_cluster_bootstrap_intervals(figure, frames):
         )
 
 
-def test_failure_intervals_are_wilson_intervals_of_each_share(figure, frames):
+def test_failure_intervals_take_problems_as_units(figure, frames):
     drawn = _intervals(figure)
     for name, frame in zip(("qwen", "ds"), frames):
         for mode in ("logical_error", "missing_step"):
-            k = int((frame["failure_mode"] == mode).sum())
-            expected = stats.proportion_ci(k, len(frame))
-            assert drawn[f"{name} failure:{mode}"] == pytest.approx((expected.low, expected.high))
+            hits = (frame["failure_mode"] == mode).to_numpy()
+            expected = _share(hits, frame["problem"])
+            assert drawn[f"{name} failure:{mode}"] == pytest.approx(expected)
     assert not any("computational" in label for label in drawn)  # only modes that occur
 
 
