@@ -130,8 +130,12 @@ def main() -> None:
     for name, frame in frames.items():
         top = frame.loc[frame.groupby("problem_id")["removal_importance"].idxmax()]
         last = frame.groupby("problem_id")["sentence"].max()
-        share = (top.set_index("problem_id")["sentence"] == last).mean()
-        print(f"  {name}: the last step in {share:.0%} of {len(last)} problems")
+        hits = int((top.set_index("problem_id")["sentence"] == last).sum())
+        ci = rc.stats.proportion_ci(hits, len(last))
+        print(
+            f"  {name}: the last step in {hits} of {len(last)} problems "
+            f"({ci.estimate:.0%}, 95% Wilson [{ci.low:.0%}, {ci.high:.0%}])"
+        )
 
     print("\nFailure modes found by exact arithmetic (mod 10):")
     print(both.groupby("model")["failure_mode"].value_counts(dropna=False).to_string())
