@@ -68,6 +68,48 @@ def test_tokenizer_is_character_level_with_think_tokens():
     assert trace.text_of("reasoning") == "\n" + p.reasoning + "\n"
 
 
+def test_wrong_steps_are_followed_by_the_later_steps_and_the_answer():
+    """With error_rate, a step may state a wrong result; the reasoning stays consistent with
+    what it states (the next step reads the stated value, the answer restates the last), and
+    the arithmetic check finds exactly the wrong steps."""
+    problems = make_problems(300, seed=6, error_rate=0.3, first_filler=True, filler_rate=0.2)
+    n_wrong = n_steps = n_first_filler = 0
+    for p in problems:
+        steps = re.findall(r"([a-z])=([a-z])([+*-])(\d)=(\d)([+*-])(\d)=(\d)\.", p.reasoning)
+        stated = {m[0]: int(m[1]) for m in re.findall(r"\b([a-z])=(\d)\.", p.question)}
+        for name, source, op, k, shown, _, _, result in steps:
+            assert int(shown) == stated[source]  # reads what was stated, right or wrong
+            stated[name] = int(result)
+            claims = rc.verify_arithmetic(f"{shown}{op}{k}={result}", modulus=10)
+            right = int(result) == {"+": int(shown) + int(k), "-": int(shown) - int(k),
+                                    "*": int(shown) * int(k)}[op] % 10  # fmt: skip
+            assert [c.ok for c in claims] == [right]
+            n_wrong += not right
+            n_steps += 1
+        assert p.gold == f"The answer is {stated[steps[-1][0]]}." == f"The answer is {p.value}."
+        n_first_filler += any(p.reasoning.startswith(f) for f in rc.organism.FILLERS)
+    assert 0.25 < n_wrong / n_steps < 0.35  # the rate asked for
+    assert n_first_filler > 20  # fillers before the first step too
+    truths = [rc.organism.solve(p.question).value for p in problems]
+    assert sum(t != p.value for t, p in zip(truths, problems, strict=True)) > 100
+    with pytest.raises(ValueError, match="error_rate"):
+        make_problems(1, seed=0, error_rate=1.5)
+
+
+# the first 16 hex digits of that digest, computed with the code before error_rate existed (713a474)
+DIGEST_2027 = "0ddf77daac646654"
+
+
+def test_without_errors_the_problems_are_those_of_earlier_versions():
+    """error_rate=0 draws nothing more: the same seed gives the same problems as before."""
+    import hashlib
+    import json
+
+    problems = make_problems(40, seed=2027, split="heldout", filler_rate=0.3)
+    digest = hashlib.sha256(json.dumps([(p.question, p.reasoning) for p in problems]).encode())
+    assert digest.hexdigest()[:16] == DIGEST_2027
+
+
 def test_training_runs_and_saves_a_loadable_model(tmp_path):
     from reasoning_circuits.organism.train import train
 

@@ -63,6 +63,28 @@ def render_model_card(training: dict[str, Any], results: dict[str, Any]) -> str:
         f"python -m reasoning_circuits.organism.train --out DIR --steps {training['steps']} "
         f"--seed {training['seed']}"
     )
+    # records of models trained before these options existed hold none of them
+    filler_rate = training.get("filler_rate", 0.1)
+    error_rate = training.get("error_rate", 0.0)
+    first_filler = training.get("first_filler", False)
+    if filler_rate != 0.1:
+        command += f" --filler-rate {filler_rate}"
+    if error_rate:
+        command += f" --error-rate {error_rate}"
+    if first_filler:
+        command += " --first-filler"
+    if training.get("threads", 2) != 2:  # the run is deterministic for a given thread count
+        command += f" --threads {training['threads']}"
+    threads = f"{training['threads']} thread" + ("s" if training["threads"] != 1 else "")
+    filler_where = "any step" if first_filler else "a step after the first"
+    errors = (
+        f"; a step states a wrong result with probability {error_rate} (another digit), and the "
+        "later steps and the answer follow what it states, so the answer has to read the "
+        "reasoning (greedy decoding still writes the right step: the right digit keeps "
+        f"{1 - error_rate:.0%} of the mass)"
+        if error_rate
+        else ""
+    )
     wr, ff = r["with_reasoning"], r["finished_filler"]
     rank_a, measure_b = r["split"]["rank_on"], r["split"]["measure_on"]
     emit, answer = r["top_heads_emit"], r["top_heads_answer"]
@@ -132,15 +154,15 @@ print(tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_toke
 - Command: `{command}`
 - Code commit: `{training["commit"]}`
 - Seed {training["seed"]}, {training["steps"]} steps of {training["batch_size"]} fresh problems,
-  AdamW (lr {training["lr"]}, cosine, weight decay 0.01), {training["threads"]} threads,
+  AdamW (lr {training["lr"]}, cosine, weight decay 0.01), {threads},
   {training["minutes"]} minutes. {training["finished_share"]:.0%} of examples use the
   "finished" prompt (no reasoning).
 - Architecture: {arch["n_layer"]} layers, {arch["n_head"]} heads, d_model {arch["n_embd"]},
   d_mlp {arch["n_inner"]}, context {arch["n_positions"]}; character-level tokenizer with
   `<think>`, `</think>` as tokens.
-- Data: problems with 2–4 hops of `+k`, `-k`, `*k` mod 10, 1–2 distractor facts and rules,
-  every step written out (`c=b*3=8*3=4.`), a filler sentence before a step with probability
-  0.1.
+- Data: problems with 2–4 hops of `+k`, `-k`, `*k` mod 10, 1–2 distractor facts,
+  every step written out (`c=b*3=8*3=4.`), a filler sentence before {filler_where} with
+  probability {filler_rate}{errors}.
 
 | step | loss | held-out accuracy (200 problems) |
 |---|---|---|

@@ -26,6 +26,15 @@ step reading the wrong fact: telling facts apart by name stayed near chance (≈
 while the arithmetic, the rule copying and the answer were already perfect. So the start fact
 now comes last.
 
+Wrong steps (``error_rate``, used in training): a step may state a wrong result, which the
+later steps read and the answer restates. The answer then has to read the reasoning (it
+cannot be recomputed from the question), and a model sampled at temperature 1 writes a wrong
+step now and then, so replacing a computing step changes the outcome: the counterfactual
+that thought anchors measure (:mod:`reasoning_circuits.anchors`). Without such errors a
+sampled step is either the right one or a filler after which the model writes the right one,
+and no computing sentence matters under resampling. Greedy decoding still writes every step
+right (the right digit keeps most of the mass).
+
 Problems are split into ``"train"`` and ``"heldout"`` by a hash of the question text, so the
 two splits never share a problem whatever the seed.
 """
@@ -86,7 +95,9 @@ def _apply(op: str, a: int, k: int) -> int:
     return (a * k) % 10
 
 
-def _sample(rng: random.Random, filler_rate: float) -> Problem:
+def _sample(
+    rng: random.Random, filler_rate: float, error_rate: float, first_filler: bool
+) -> Problem:
     hops = rng.randint(2, 4)
     n_distract = rng.randint(1, 2)
     names = rng.sample(_LETTERS, 1 + hops + n_distract)
@@ -95,19 +106,23 @@ def _sample(rng: random.Random, filler_rate: float) -> Problem:
     facts = [f"{name}={values[name]}." for name in [*distractors, start]]
     rules, steps = [], []
     previous = start
+    stated = dict(values)  # what the reasoning writes; differs from the truth after an error
     for name in chain:
         op, k = rng.choice(_OPS), rng.randint(1, 9)
         values[name] = _apply(op, values[previous], k)
+        stated[name] = _apply(op, stated[previous], k)
+        if error_rate and rng.random() < error_rate:  # no draw at all when error_rate is 0
+            stated[name] = rng.choice([d for d in range(10) if d != stated[name]])
         rules.append(f"{name}={previous}{op}{k}.")
-        steps.append(f"{name}={previous}{op}{k}={values[previous]}{op}{k}={values[name]}.")
+        steps.append(f"{name}={previous}{op}{k}={stated[previous]}{op}{k}={stated[name]}.")
         previous = name
     question = " ".join(facts + rules) + f" What is {chain[-1]}?"
     sentences: list[str] = []
     for i, step in enumerate(steps):
-        if i and rng.random() < filler_rate:
+        if (i or first_filler) and rng.random() < filler_rate:
             sentences.append(rng.choice(FILLERS))
         sentences.append(step)
-    value = values[chain[-1]]
+    value = stated[chain[-1]]  # the answer follows the reasoning, right or wrong
     return Problem(question, " ".join(sentences), f"The answer is {value}.", value, hops)
 
 
@@ -144,20 +159,35 @@ def solve(question: str) -> Problem:
 
 
 def make_problems(
-    n: int, *, seed: int, split: Split = "train", filler_rate: float = 0.1
+    n: int,
+    *,
+    seed: int,
+    split: Split = "train",
+    filler_rate: float = 0.1,
+    error_rate: float = 0.0,
+    first_filler: bool = False,
 ) -> list[Problem]:
     """``n`` fresh problems of one split, reproducible from ``seed``.
 
-    ``filler_rate`` is the chance of a filler sentence before each step after the first.
+    ``filler_rate`` is the chance of a filler sentence before each step after the first (before
+    every step, the first included, with ``first_filler=True``). ``error_rate`` is the chance
+    that a step states a wrong result (another digit, uniformly); later steps read the stated
+    value and the answer restates the last one, so ``value`` and ``gold`` follow the reasoning
+    and differ from the true result when a step is wrong. Training uses errors so that the
+    answer must read the reasoning (see the module docstring); evaluation problems have none.
+    With the defaults the problems are those of earlier versions for the same seed.
     """
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
+    for name, rate in (("filler_rate", filler_rate), ("error_rate", error_rate)):
+        if not 0 <= rate <= 1:
+            raise ValueError(f"{name} must be in [0, 1], got {rate}")
     rng = random.Random(f"{seed}-{split}")
     out: list[Problem] = []
     while len(out) < n:
-        problem = _sample(rng, filler_rate)
+        problem = _sample(rng, filler_rate, error_rate, first_filler)
         if problem.split == split:
             out.append(problem)
     return out

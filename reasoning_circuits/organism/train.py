@@ -33,6 +33,7 @@ from reasoning_circuits.organism.task import (
     format_completion,
     format_prompt,
     make_problems,
+    solve,
 )
 
 __all__ = ["ARCHITECTURE", "build_tokenizer", "main", "train"]
@@ -115,11 +116,16 @@ def train(
     threads: int = 2,
     n_eval: int = 200,
     architecture: dict[str, int] | None = None,
+    filler_rate: float = 0.1,
+    error_rate: float = 0.0,
+    first_filler: bool = False,
 ) -> dict[str, Any]:
     """Train and save the model to ``out``; return the training record for the model card.
 
     ``architecture`` overrides entries of :data:`ARCHITECTURE` (e.g. ``{"n_layer": 3}``) to
-    train an organism of another size."""
+    train an organism of another size. ``filler_rate``, ``error_rate`` and ``first_filler`` set
+    the training reasoning (:func:`~reasoning_circuits.organism.task.make_problems`); examples
+    with the "finished" prompt always answer with the true value."""
     shape = {**ARCHITECTURE, **(architecture or {})}
     unknown = sorted(set(shape) - set(ARCHITECTURE))
     if unknown:
@@ -155,9 +161,20 @@ def train(
     bar = tqdm(range(steps), desc="training tiny reasoner")
     for step in bar:
         model.train()
-        problems = make_problems(batch_size, seed=seed * 1_000_003 + step)
+        problems = make_problems(
+            batch_size,
+            seed=seed * 1_000_003 + step,
+            filler_rate=filler_rate,
+            error_rate=error_rate,
+            first_filler=first_filler,
+        )
         modes: list[PromptMode] = [
             "finished" if rng.random() < finished_share else "reasoning" for _ in problems
+        ]
+        # without reasoning the answer is the true value, not a wrong step's
+        problems = [
+            solve(p.question) if mode == "finished" else p
+            for p, mode in zip(problems, modes, strict=True)
         ]
         ids, attention, loss_mask = _encode_batch(tokenizer, problems, modes)
         logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1]
@@ -187,6 +204,9 @@ def train(
         "batch_size": batch_size,
         "lr": lr,
         "finished_share": finished_share,
+        "filler_rate": filler_rate,
+        "error_rate": error_rate,
+        "first_filler": first_filler,
         "threads": threads,
         "architecture": shape,
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -226,6 +246,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--filler-rate", type=float, default=0.1)
+    parser.add_argument("--error-rate", type=float, default=0.0)
+    parser.add_argument("--first-filler", action="store_true")
     for key, value in ARCHITECTURE.items():
         parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=value)
     args = parser.parse_args()
@@ -238,6 +261,9 @@ def main() -> None:
         eval_every=args.eval_every,
         threads=args.threads,
         architecture={key: getattr(args, key) for key in ARCHITECTURE},
+        filler_rate=args.filler_rate,
+        error_rate=args.error_rate,
+        first_filler=args.first_filler,
     )
 
 
