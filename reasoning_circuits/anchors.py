@@ -20,6 +20,8 @@ sub-segments ``trace.sentences``), three measurements, each answering another qu
   them (in all heads, or in chosen heads): the change in answer log-probability, and per
   later sentence j the mean KL divergence of the next-token distributions at j's tokens (a
   sentence-to-sentence dependency row).
+  On long traces it runs without any ``[T × T]`` matrix (``method="fast"``, the default from
+  1024 tokens; see :func:`suppression_effects`).
 
 :func:`thought_anchors` runs the chosen methods for one trace and returns an
 :class:`AnchorSet` (one :class:`SentenceImportance` per sentence), optionally appending each

@@ -75,6 +75,13 @@ future ones included.
 Use it as hooks (``model.run_with_hooks(tokens, fwd_hooks=iv.hooks(model, traces))``) or as
 a context manager (``with iv.apply(model, traces): model(tokens)``).
 
+On long traces the ``[batch, head, T, T]`` scores these hooks edit dominate memory. The answer
+metrics (``answer_logprob``, ``answer_kl``, ``measure_effect``, :meth:`HeadIntervention.effect`)
+therefore take ``method="fast"`` for knockouts: the same numbers (within float rounding)
+from flash-attention calls over the keys each row may still see, merged by their
+log-sum-exps, without any ``[T × T]`` matrix (:mod:`reasoning_circuits._fast_knockout`);
+``method="auto"`` (default) takes it from 1024 tokens. Other actions run only as hooks.
+
 Caveat: an intervention at position p changes every later position through attention; an
 intervention on the answer positions leaves the prompt and the reasoning untouched.
 """

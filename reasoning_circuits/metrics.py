@@ -11,6 +11,11 @@
 * :func:`answer_kl`: the mean over answer positions of KL(p_before ‖ p_after) between the
   next-token distributions of two runs, in nats.
 
+``answer_logprob`` and ``answer_kl`` take ``method=``: ``"pattern"`` runs the bridge with the
+intervention's hooks; ``"fast"`` runs the Hugging Face modules with flash attention (no
+``[T × T]`` matrix; no intervention or an attention knockout only, see
+:mod:`reasoning_circuits._fast_knockout`); ``"auto"`` (default) is fast from 1024 tokens.
+
 Every trace metric takes ``(model, traces, intervention=None, *, batch_size, progress)``, where
 ``traces`` is one :class:`Trace` or a sequence, runs ``batch_size`` traces per forward pass
 and returns one value per trace (``numpy``), so :func:`reasoning_circuits.measure_effect`
