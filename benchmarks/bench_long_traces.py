@@ -11,6 +11,10 @@ are those of the real model. Variants, each in its own process on the same token
 * ``fast``     ``AttentionProfile.compute(method="fast")`` (mass, per-token mass, entropy)
 * ``fast_answer``  the same restricted to the answer's rows (``query_parts=("answer",)``)
 * ``pattern``  ``AttentionProfile.compute(method="pattern")`` (eager [head, T, T] patterns)
+* ``knockout_fast`` / ``knockout_pattern``  ``rc.metrics.answer_logprob`` under an attention
+  knockout (answer → reasoning, every head of every layer) with ``method="fast"`` /
+  ``"pattern"``; these run the whole model (last MLP and LM head at the answer rows
+  included), so they cost slightly more than the floor even without the knockout
 
 Peak memory is the process's peak resident set (``ru_maxrss``), model included; ``base`` is
 the resident set after building the model, before the timed run. One thread
@@ -34,7 +38,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout's package, not an installed one
 
-VARIANTS = ("sdpa", "fast", "fast_answer", "pattern")
+VARIANTS = ("sdpa", "fast", "fast_answer", "pattern", "knockout_fast", "knockout_pattern")
+PATTERN_VARIANTS = ("pattern", "knockout_pattern")
 SPEC = {
     "n_layers": 2,
     "n_heads": 12,
@@ -89,6 +94,8 @@ def child(variant: str, n_tokens: int, repeats: int) -> None:
 
     AttentionInterface.register("bench_sdpa_floor", floor)
     shadow = _fast_attention.hf_shadow(model, "bench_sdpa_floor")
+    cells = [(layer, head) for layer in range(SPEC["n_layers"]) for head in range(SPEC["n_heads"])]
+    knockout = rc.HeadIntervention(cells, "knockout", query="answer", key="reasoning")
     base = _rss_gb()
 
     def run() -> None:
@@ -99,6 +106,9 @@ def child(variant: str, n_tokens: int, repeats: int) -> None:
             rc.AttentionProfile.compute(model, trace, method="fast")
         elif variant == "fast_answer":
             rc.AttentionProfile.compute(model, trace, method="fast", query_parts=("answer",))
+        elif variant.startswith("knockout_"):
+            method = variant.removeprefix("knockout_")
+            rc.metrics.answer_logprob(model, trace, knockout, method=method)
         else:
             rc.AttentionProfile.compute(model, trace, method="pattern")
 
@@ -129,7 +139,7 @@ def main() -> None:
     for n_tokens in args.tokens:
         results = {}
         for variant in args.variants:
-            if variant == "pattern" and n_tokens > args.pattern_max:
+            if variant in PATTERN_VARIANTS and n_tokens > args.pattern_max:
                 continue
             command = [sys.executable, __file__, "--repeats", str(args.repeats), "--child"]
             out = subprocess.run(

@@ -142,10 +142,13 @@ def _attend(
     v: Float[Tensor, "batch head key dv"],
     scale: float,
     mask: Float[Tensor, "row key"] | None,
+    *,
+    causal: bool = True,
 ) -> tuple[Float[Tensor, "batch head row dv"], Float[Tensor, "batch head row"]]:
     """Softmax attention and the row log-sum-exp of the scaled scores. ``mask`` is additive
-    (0 or -inf); ``None`` means causal with query i = key i. Queries and keys are zero-padded
-    to the values' width when it is larger (the scores do not change)."""
+    (0 or -inf); ``None`` means causal with query i = key i, or every key visible to every
+    query with ``causal=False``. Queries and keys are zero-padded to the values' width when it
+    is larger (the scores do not change)."""
     n_out = v.shape[-1]
     width = max(q.shape[-1], n_out)
     if width > min(q.shape[-1], v.shape[-1]):  # padded anyway: to a multiple of 16 (faster GEMMs)
@@ -153,15 +156,15 @@ def _attend(
     q, k, v = (F.pad(t, (0, width - t.shape[-1])) if t.shape[-1] < width else t for t in (q, k, v))
     if q.device.type == "cpu":
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            q, k, v, 0.0, mask is None, attn_mask=mask, scale=scale
+            q, k, v, 0.0, mask is None and causal, attn_mask=mask, scale=scale
         )
     else:
-        out, lse = _attend_blockwise(q, k, v, scale, mask)
+        out, lse = _attend_blockwise(q, k, v, scale, mask, causal=causal)
     return out[..., :n_out], lse
 
 
 def _attend_blockwise(
-    q: Tensor, k: Tensor, v: Tensor, scale: float, mask: Tensor | None
+    q: Tensor, k: Tensor, v: Tensor, scale: float, mask: Tensor | None, *, causal: bool = True
 ) -> tuple[Tensor, Tensor]:
     """The same as :func:`_attend` in plain torch, a block of query rows at a time (devices
     without a fused kernel that returns the log-sum-exp)."""
@@ -173,10 +176,10 @@ def _attend_blockwise(
     for r0 in range(0, n_rows, step):
         r1 = min(n_rows, r0 + step)
         scores = torch.matmul(q[:, :, r0:r1], k.transpose(-1, -2)) * scale
-        if mask is None:
+        if mask is None and causal:
             rows = torch.arange(r0, r1, device=q.device)[:, None]
             scores = scores.masked_fill(torch.arange(n_keys, device=q.device) > rows, -torch.inf)
-        else:
+        elif mask is not None:
             scores = scores + mask[r0:r1]
         lse[:, :, r0:r1] = torch.logsumexp(scores, -1)
         out[:, :, r0:r1] = torch.matmul((scores - lse[:, :, r0:r1, None]).exp(), v)

@@ -20,6 +20,8 @@ sub-segments ``trace.sentences``), three measurements, each answering another qu
   them (in all heads, or in chosen heads): the change in answer log-probability, and per
   later sentence j the mean KL divergence of the next-token distributions at j's tokens (a
   sentence-to-sentence dependency row).
+  On long traces it runs without any ``[T × T]`` matrix (``method="fast"``, the default from
+  1024 tokens; see :func:`suppression_effects`).
 
 :func:`thought_anchors` runs the chosen methods for one trace and returns an
 :class:`AnchorSet` (one :class:`SentenceImportance` per sentence), optionally appending each
@@ -81,9 +83,11 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from reasoning_circuits import _fast_knockout
 from reasoning_circuits._hooks import Hook, act_name
 from reasoning_circuits._inputs import as_traces
 from reasoning_circuits._options import check_option
+from reasoning_circuits.attention import Method as AttentionMethod
 from reasoning_circuits.collection import _hf_parts, _stop_ids, sample_seed
 from reasoning_circuits.errors import FileFormatError
 from reasoning_circuits.grading import Kind, extract_answer, grade_many
@@ -834,6 +838,7 @@ def suppression_effects(
     heads: Sequence[Head | tuple[int, int]] | None = None,
     answer_text: str | None = None,
     batch_size: int = 8,
+    method: AttentionMethod = "auto",
 ) -> tuple[
     float,
     Float[np.ndarray, " sentence"],
@@ -852,8 +857,17 @@ def suppression_effects(
     per suppressed sentence (nats); ``kl[j, m]``, the mean over the tokens of sentence m of
     KL(intact ‖ suppressed) of the next-token distribution at that token (NaN for m ≤ the
     suppressed sentence); ``answer_kl[j]``, the same over the answer's prediction rows.
+
+    ``method``: ``"pattern"`` edits the bridge's eager ``[batch, head, T, T]`` scores through
+    hooks; ``"fast"`` runs the Hugging Face modules with flash attention over the keys each
+    row still sees (no ``[T × T]`` matrix, logits in blocks of rows; see
+    :mod:`reasoning_circuits._fast_knockout`), the same numbers within float rounding, and is
+    refused where it cannot run (active TransformerLens hooks, sliding windows, ...);
+    ``"auto"`` (default) is fast from ``rc.attention.AUTO_FAST_TOKENS`` (1024) tokens when it
+    can run.
     """
     _check_bridge(model, "suppression")
+    check_option(method, AttentionMethod, "method")
     chosen = list(range(len(trace.sentences))) if sentences is None else list(sentences)
     base, answer_start = _answer_ids(trace, getattr(model, "tokenizer", None), answer_text)
     targets = base[answer_start:]
@@ -867,6 +881,10 @@ def suppression_effects(
             by_layer.setdefault(head.layer, []).append(head.head)
         if not by_layer:
             raise ValueError("heads is empty; pass None for every head")
+    if _fast_knockout.use_fast(model, method, len(base)):
+        return _suppression_fast(
+            model, trace, base, answer_start, chosen, by_layer, batch_size=batch_size
+        )
     intact = _run(model, [base], [])
     p_intact = intact[0].exp()
     logprob = _score(intact, 0, targets, answer_start)
@@ -889,6 +907,71 @@ def suppression_effects(
         per_position = (p_intact[None] * (intact - logprobs)).sum(-1)  # [batch, pos]
         for r, i in enumerate(part):
             suppressed[lo + r] = _score(logprobs, r, targets, answer_start)
+            answer_kl[lo + r] = float(per_position[r, answer_rows].mean())
+            for m in range(i + 1, n_sent):
+                s = trace.sentences[m]
+                if len(s):
+                    kl[lo + r, m] = float(per_position[r, s.start : s.stop].mean())
+    return logprob, suppressed, kl, answer_kl
+
+
+@torch.no_grad()
+def _suppression_fast(
+    model: Any,
+    trace: Trace,
+    base: list[int],
+    answer_start: int,
+    chosen: list[int],
+    by_layer: dict[int, list[int]] | None,
+    *,
+    batch_size: int,
+) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`suppression_effects` on the fast path: the sentence's keys are left out of the
+    attention of every row at or after its end, and logits are made in blocks of rows."""
+    n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
+    heads = by_layer if by_layer is not None else dict.fromkeys(range(n_layers), range(n_heads))
+    n = len(base)
+    tokens = torch.tensor([base])
+    targets = tokens[0, 1:]  # the token each row r < n - 1 predicts
+    answer_rows = slice(answer_start - 1, n - 1)
+    intact_hidden = _fast_knockout.run_hidden(model, tokens, {})[0]
+    vocab = int(model.cfg.d_vocab)
+
+    def logprobs(hidden: Tensor) -> Tensor:
+        return _fast_knockout.block_logits(model, hidden).log_softmax(-1)
+
+    intact_answer = logprobs(intact_hidden[answer_rows])
+    index = torch.arange(intact_answer.shape[0], device=intact_answer.device)
+    logprob = float(intact_answer[index, targets[answer_rows].to(index.device)].sum())
+    n_sent = len(trace.sentences)
+    suppressed = np.empty(len(chosen))
+    kl = np.full((len(chosen), n_sent), np.nan)
+    answer_kl = np.empty(len(chosen))
+    for lo in range(0, len(chosen), batch_size):
+        part = chosen[lo : lo + batch_size]
+        spans = [content_span(trace, i) for i in part]
+        rows = torch.zeros(len(part), n, dtype=torch.bool)
+        keys = torch.zeros(len(part), n, dtype=torch.bool)
+        for r, (start, stop) in enumerate(spans):
+            rows[r, stop:] = True
+            keys[r, start:stop] = True
+        edits = _fast_knockout.edits_from_masks(rows, keys, heads)
+        hidden = _fast_knockout.run_hidden(model, tokens.expand(len(part), -1), edits)
+        # per row: KL(intact ‖ suppressed) and log p(next token), only after the first
+        # suppressed sentence's end (earlier rows are unchanged and never read)
+        first = min(stop for _, stop in spans)
+        per_position = torch.full((len(part), n), torch.nan)
+        target_logprob = torch.full((len(part), n), torch.nan)
+        for block in _fast_knockout.row_blocks(n - first, len(part) + 1, vocab):
+            r0, r1 = first + block.start, first + block.stop
+            p = logprobs(intact_hidden[r0:r1])  # [row, vocab]
+            q = logprobs(hidden[:, r0:r1])  # [batch, row, vocab]
+            per_position[:, r0:r1] = (p.exp()[None] * (p[None] - q)).sum(-1).cpu()
+            wanted = targets[r0 : min(r1, n - 1)].to(q.device)
+            picked = q[:, : len(wanted)].gather(-1, wanted.expand(len(part), -1)[..., None])
+            target_logprob[:, r0 : r0 + len(wanted)] = picked[..., 0].cpu()
+        for r, i in enumerate(part):
+            suppressed[lo + r] = float(target_logprob[r, answer_rows].sum())
             answer_kl[lo + r] = float(per_position[r, answer_rows].mean())
             for m in range(i + 1, n_sent):
                 s = trace.sentences[m]
@@ -1102,6 +1185,7 @@ def thought_anchors(
     out: str | os.PathLike[str] | None = None,
     progress: bool | None = None,
     study_conventions: bool = False,
+    suppression_method: AttentionMethod = "auto",
 ) -> AnchorSet:
     """Importance of every reasoning sentence of one trace, or of each of several traces.
 
@@ -1141,6 +1225,11 @@ def thought_anchors(
         progress: a progress bar over sentences (``False`` hides it).
         study_conventions: the PTS study's labels (``is_anchor``, ``is_positive``,
             :meth:`AnchorSet.study_accuracy`) and k = 3; flawed, see the module docstring.
+        suppression_method: how suppression runs attention: ``"pattern"`` (hooks on the
+            eager scores), ``"fast"`` (flash attention over the keys each row still sees, no
+            ``[T × T]`` matrix) or ``"auto"`` (fast from 1024 tokens when possible); see
+            :func:`suppression_effects`. The numbers agree within float rounding, so it is
+            not among the parameters a resumed file must match.
 
     Returns:
         An :class:`AnchorSet` with one :class:`SentenceImportance` per sentence (fewer if
@@ -1166,6 +1255,7 @@ def thought_anchors(
         out=out,
         progress=progress,
         study_conventions=study_conventions,
+        suppression_method=suppression_method,
     )
     if isinstance(traces, Trace):
         if gold is not None and not isinstance(gold, str):
@@ -1220,12 +1310,14 @@ def _trace_anchors(
     out: str | os.PathLike[str] | None = None,
     progress: bool | None = None,
     study_conventions: bool = False,
+    suppression_method: AttentionMethod = "auto",
 ) -> AnchorSet:
     """:func:`thought_anchors` of one trace (its arguments, documented there)."""
     if isinstance(methods, str):
         methods = (methods,)  # type: ignore[assignment]
     for method in methods:
         check_option(method, Method, "methods")
+    check_option(suppression_method, AttentionMethod, "suppression_method")
     if not methods:
         raise ValueError(f"methods is empty; choose from {get_args(Method)}")
     if not trace.sentences:
@@ -1300,6 +1392,7 @@ def _trace_anchors(
                 heads=heads,
                 answer_text=answer_text,
                 batch_size=batch_size,
+                method=suppression_method,
             )
             for j, i in enumerate(todo):
                 results[i].update(

@@ -26,7 +26,9 @@ import pandas as pd
 from reasoning_circuits import stats
 from reasoning_circuits._hooks import Intervention
 from reasoning_circuits._inputs import as_traces, check_batch_size, check_model
+from reasoning_circuits._options import check_option
 from reasoning_circuits._store import load_npz, save_npz
+from reasoning_circuits.attention import Method
 from reasoning_circuits.metrics import TraceMetric, answer_logprob
 from reasoning_circuits.trace import Trace
 
@@ -118,6 +120,14 @@ class Effect:
         )
 
 
+def _takes(metric: TraceMetric, name: str) -> bool:
+    """Whether ``metric`` accepts the keyword argument ``name``."""
+    accepted = inspect.signature(metric).parameters
+    return name in accepted or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()
+    )
+
+
 def _call(metric: TraceMetric, model: Any, traces: list[Trace], intervention: Any, **kw: Any):
     """Call ``metric`` with the keyword arguments it accepts (``batch_size``, ``progress``)."""
     accepted = inspect.signature(metric).parameters
@@ -142,6 +152,7 @@ def measure_effect(
     confidence: float = 0.95,
     progress: bool | None = None,
     seed: int = 0,
+    method: Method = "auto",
 ) -> Effect:
     """The metric per trace without and with ``intervention``, and the mean paired change.
 
@@ -156,6 +167,11 @@ def measure_effect(
         confidence: level of the interval, in (0, 1).
         progress: progress bars (default: when there is more than one batch).
         seed: seed of the bootstrap, where one is used.
+        method: how attention runs, passed to a metric that takes ``method=`` (such as
+            :func:`~reasoning_circuits.metrics.answer_logprob`): ``"pattern"`` (hooks on the
+            eager forward), ``"fast"`` (no ``[T × T]`` matrix; only knockouts) or ``"auto"``
+            (fast from 1024 tokens when possible). A metric without ``method=`` is refused
+            anything but ``"auto"``.
 
     Returns:
         An :class:`Effect`, with the interval and test of
@@ -171,8 +187,20 @@ def measure_effect(
     check_batch_size(batch_size)
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    check_option(method, Method, "method")
     score = metric or answer_logprob
-    kw = {"batch_size": batch_size, "progress": progress}
+    kw: dict[str, Any] = {"batch_size": batch_size, "progress": progress}
+    if method != "auto":
+        if not _takes(score, "method"):
+            raise ValueError(
+                f"method={method!r} is passed to the metric, but "
+                f"{getattr(score, '__name__', 'the metric')} takes no method= argument; leave "
+                "method='auto' or use a metric that takes it (rc.metrics.answer_logprob, "
+                "answer_kl)"
+            )
+        kw["method"] = method
+    elif _takes(score, "method"):
+        kw["method"] = method
     before = _call(score, model, trace_list, None, **kw)
     after = _call(score, model, trace_list, intervention, **kw)
     for name, values in (("before", before), ("after", after)):
@@ -192,8 +220,10 @@ def measure_effect(
         if np.all(diff == diff[0]):
             # No spread: no interval follows from the data (stats refuses one). Report the
             # constant change as a point and no p-value rather than invent a width.
-            change, method = float(diff[0]), "none: every trace changed equally"
-            return Effect(before, after, (change, change), confidence, method, np.nan, name, "none")
+            change, ci_method = float(diff[0]), "none: every trace changed equally"
+            return Effect(
+                before, after, (change, change), confidence, ci_method, np.nan, name, "none"
+            )
         comparison = stats.paired_test(before, after, confidence=confidence, seed=seed)
     d = comparison.difference
     return Effect(

@@ -75,6 +75,13 @@ future ones included.
 Use it as hooks (``model.run_with_hooks(tokens, fwd_hooks=iv.hooks(model, traces))``) or as
 a context manager (``with iv.apply(model, traces): model(tokens)``).
 
+On long traces the ``[batch, head, T, T]`` scores these hooks edit dominate memory. The answer
+metrics (``answer_logprob``, ``answer_kl``, ``measure_effect``, :meth:`HeadIntervention.effect`)
+therefore take ``method="fast"`` for knockouts: the same numbers (within float rounding)
+from flash-attention calls over the keys each row may still see, merged by their
+log-sum-exps, without any ``[T × T]`` matrix (:mod:`reasoning_circuits._fast_knockout`);
+``method="auto"`` (default) takes it from 1024 tokens. Other actions run only as hooks.
+
 Caveat: an intervention at position p changes every later position through attention; an
 intervention on the answer positions leaves the prompt and the reasoning untouched.
 """
@@ -90,9 +97,10 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from reasoning_circuits import _fast_knockout
 from reasoning_circuits._hooks import Hook, act_name, hook_layer
 from reasoning_circuits._inputs import (
     as_traces,
@@ -102,6 +110,7 @@ from reasoning_circuits._inputs import (
     describe_trace,
 )
 from reasoning_circuits._options import check_option
+from reasoning_circuits.attention import Method as AttentionMethod
 from reasoning_circuits.effects import Effect, measure_effect
 from reasoning_circuits.errors import PairAlignmentError
 from reasoning_circuits.heads import Head, as_heads
@@ -657,6 +666,15 @@ class HeadIntervention:
         object.__setattr__(self, "query", query)
         object.__setattr__(self, "key", key)
 
+    def _check_heads(self, model: Any) -> None:
+        check_model(model)
+        n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
+        for head in self.heads:
+            if head.layer >= n_layers or head.head >= n_heads:
+                raise ValueError(
+                    f"{head} is outside the model ({n_layers} layers × {n_heads} heads)"
+                )
+
     def hooks(
         self,
         model: Any,
@@ -680,13 +698,7 @@ class HeadIntervention:
         query and its key columns per row. ``None``: no left padding (column = position).
         """
         trace_list = as_traces(traces)
-        check_model(model)
-        n_layers, n_heads = int(model.cfg.n_layers), int(model.cfg.n_heads)
-        for head in self.heads:
-            if head.layer >= n_layers or head.head >= n_heads:
-                raise ValueError(
-                    f"{head} is outside the model ({n_layers} layers × {n_heads} heads)"
-                )
+        self._check_heads(model)
         pads = _check_left_pad(left_pad, len(trace_list))
         width = width or max(len(t) + int(p) for t, p in zip(trace_list, pads.tolist()))
         by_layer: dict[int, list[Head]] = {}
@@ -871,6 +883,20 @@ class HeadIntervention:
         by_layer: dict[int, list[Head]],
         pads: Tensor,
     ) -> list[Hook]:
+        rows, keys, empty = self._knockout_masks(traces, width, pads, stacklevel=4)
+        hooks: list[Hook] = []
+        for layer, heads in by_layer.items():
+            hooks.append((act_name("attn_scores", layer), self._block(heads, rows, keys, offset)))
+            if empty.any():
+                hooks.append((act_name("pattern", layer), self._silence(heads, empty, offset)))
+        return hooks
+
+    def _knockout_masks(
+        self, traces: list[Trace], width: int, pads: Tensor, *, stacklevel: int
+    ) -> tuple[Bool[Tensor, "batch col"], Bool[Tensor, "batch col"], Bool[Tensor, "batch col"]]:
+        """The knockout's query rows, blocked keys and rows left with no visible key, as
+        ``[batch, width]`` column masks, warning when a row is left with no key (shared by
+        the hook path and the fast path of :mod:`reasoning_circuits._fast_knockout`)."""
         assert self.query is not None and self.key is not None
         rows = position_mask(traces, self.query, width)
         keys = position_mask(traces, self.key, width)
@@ -890,14 +916,30 @@ class HeadIntervention:
                 f"every key they can see in {self.key!r} ({'; '.join(where)}); the head reads "
                 "nothing there, so its output at those rows is zero",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=stacklevel,
             )
-        hooks: list[Hook] = []
-        for layer, heads in by_layer.items():
-            hooks.append((act_name("attn_scores", layer), self._block(heads, rows, keys, offset)))
-            if empty.any():
-                hooks.append((act_name("pattern", layer), self._silence(heads, empty, offset)))
-        return hooks
+        return rows, keys, empty
+
+    def _fast_edits(
+        self, model: Any, traces: Trace | Sequence[Trace], *, width: int | None = None
+    ) -> dict[int, list[_fast_knockout.Edit]]:
+        """This knockout as the per-layer edits of the fast path
+        (:mod:`reasoning_circuits._fast_knockout`) for right-padded ``traces`` (row i =
+        ``traces[i]``) of ``width`` columns. Refused for any other action."""
+        if self.action != "knockout":
+            raise ValueError(
+                f"method='fast' runs only attention knockouts, not action={self.action!r}; "
+                "use method='pattern'"
+            )
+        trace_list = as_traces(traces)
+        self._check_heads(model)
+        width = width or max(map(len, trace_list))
+        pads = torch.zeros(len(trace_list), dtype=torch.long)
+        rows, keys, _ = self._knockout_masks(trace_list, width, pads, stacklevel=5)
+        by_layer: dict[int, list[int]] = {}
+        for head in self.heads:
+            by_layer.setdefault(head.layer, []).append(head.head)
+        return _fast_knockout.edits_from_masks(rows, keys, by_layer)
 
     @staticmethod
     def _block(heads: list[Head], rows: Tensor, keys: Tensor, offset: int) -> Callable[..., Tensor]:
@@ -943,10 +985,12 @@ class HeadIntervention:
         confidence: float = 0.95,
         progress: bool | None = None,
         seed: int = 0,
+        method: AttentionMethod = "auto",
     ) -> Effect:
         """``rc.measure_effect(model, traces, self, metric, ...)``: the metric per trace without
         and with this intervention, the mean change and its interval (see
-        :mod:`reasoning_circuits.effects`)."""
+        :mod:`reasoning_circuits.effects`). ``method``: ``"pattern"``, ``"fast"`` (knockouts
+        only, no ``[T × T]`` matrix) or ``"auto"``, passed to the metric."""
         return measure_effect(
             model,
             traces,
@@ -956,6 +1000,7 @@ class HeadIntervention:
             confidence=confidence,
             progress=progress,
             seed=seed,
+            method=method,
         )
 
     @contextmanager

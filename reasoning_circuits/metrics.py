@@ -11,6 +11,11 @@
 * :func:`answer_kl`: the mean over answer positions of KL(p_before ‖ p_after) between the
   next-token distributions of two runs, in nats.
 
+``answer_logprob`` and ``answer_kl`` take ``method=``: ``"pattern"`` runs the bridge with the
+intervention's hooks; ``"fast"`` runs the Hugging Face modules with flash attention (no
+``[T × T]`` matrix; no intervention or an attention knockout only, see
+:mod:`reasoning_circuits._fast_knockout`); ``"auto"`` (default) is fast from 1024 tokens.
+
 Every trace metric takes ``(model, traces, intervention=None, *, batch_size, progress)``, where
 ``traces`` is one :class:`Trace` or a sequence, runs ``batch_size`` traces per forward pass
 and returns one value per trace (``numpy``), so :func:`reasoning_circuits.measure_effect`
@@ -31,8 +36,11 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from reasoning_circuits import _fast_knockout
 from reasoning_circuits._hooks import Intervention
 from reasoning_circuits._inputs import as_traces, batches, check_traces, describe_trace
+from reasoning_circuits._options import check_option
+from reasoning_circuits.attention import Method
 from reasoning_circuits.trace import Trace, pad_traces
 
 __all__ = [
@@ -56,9 +64,14 @@ def _logits_one_batch(
     traces: Sequence[Trace],
     intervention: Intervention | None,
     rows: Sequence[Sequence[int]] | None,
+    *,
+    fast: bool = False,
 ) -> Tensor:
     tokens, mask = pad_traces(traces)
     width = tokens.shape[1]
+    if fast:
+        assert rows is not None
+        return _fast_logits(model, traces, intervention, rows, tokens)
     hooks = intervention.hooks(model, traces, width=width) if intervention is not None else []
     device = model.cfg.device
     if rows is not None:
@@ -78,6 +91,28 @@ def _logits_one_batch(
         fwd_hooks=hooks,
     )
     return logits.float().cpu()
+
+
+def _fast_logits(
+    model: Any,
+    traces: Sequence[Trace],
+    intervention: Intervention | None,
+    rows: Sequence[Sequence[int]],
+    tokens: Tensor,
+) -> Tensor:
+    """:func:`_logits_one_batch` on the fast path (a knockout or nothing): the chosen rows
+    only, without any ``[T × T]`` or ``[T × vocab]`` tensor."""
+    width = tokens.shape[1]
+    edits = {}
+    if intervention is not None:
+        edits = intervention._fast_edits(model, traces, width=width)  # type: ignore[attr-defined]
+    hidden = _fast_knockout.run_hidden(model, tokens, edits)
+    longest = max(map(len, rows))
+    index = torch.tensor([list(r) + [r[-1]] * (longest - len(r)) for r in rows])
+    if index.min() < 0 or index.max() >= width:
+        raise IndexError(f"rows must lie in 0..{width - 1}")
+    gather = index.to(hidden.device)[..., None].expand(-1, -1, hidden.shape[-1])
+    return _fast_knockout.block_logits(model, hidden.gather(1, gather)).cpu()
 
 
 def batch_logits(
@@ -233,16 +268,28 @@ def answer_logprob(
     *,
     batch_size: int = 8,
     progress: bool | None = None,
+    method: Method = "auto",
 ) -> Float[np.ndarray, " trace"]:
-    """Σ over answer tokens of log p(token | everything before), per trace, in nats."""
+    """Σ over answer tokens of log p(token | everything before), per trace, in nats.
+
+    ``method``: how attention runs. ``"pattern"``: the bridge's eager forward with the
+    intervention's hooks (any intervention). ``"fast"``: the Hugging Face modules with
+    flash attention, no ``[T × T]`` matrix and logits only at the answer's prediction rows
+    (no intervention, or an attention knockout; anything else is refused, see
+    :mod:`reasoning_circuits._fast_knockout`); the same numbers within float rounding.
+    ``"auto"`` (default): fast from ``rc.attention.AUTO_FAST_TOKENS`` (1024) tokens when it
+    can run, else pattern.
+    """
     trace_list = as_traces(traces)
     check_traces(model, trace_list, what="answer_logprob")
+    check_option(method, Method, "method")
+    fast = _fast_knockout.use_fast(model, method, max(map(len, trace_list)), intervention)
     out = np.empty(len(trace_list))
     for indices, chunk in batches(
         trace_list, batch_size, desc="answer log-prob", progress=progress
     ):
         rows = _answer_rows(chunk)
-        logprobs = _logits_one_batch(model, chunk, intervention, rows).log_softmax(-1)
+        logprobs = _logits_one_batch(model, chunk, intervention, rows, fast=fast).log_softmax(-1)
         for i, (index, trace, span) in enumerate(zip(indices, chunk, rows)):
             targets = trace.tokens[0, span.start + 1 : span.stop + 1]
             out[index] = float(logprobs[i, torch.arange(len(span)), targets].sum())
@@ -256,15 +303,20 @@ def answer_kl(
     *,
     batch_size: int = 8,
     progress: bool | None = None,
+    method: Method = "auto",
 ) -> Float[np.ndarray, " trace"]:
-    """Mean over answer positions of KL(before ‖ after) of the next-token distributions, nats."""
+    """Mean over answer positions of KL(before ‖ after) of the next-token distributions, nats.
+
+    ``method``: as in :func:`answer_logprob` (both runs take the same path)."""
     trace_list = as_traces(traces)
     check_traces(model, trace_list, what="answer_kl")
+    check_option(method, Method, "method")
+    fast = _fast_knockout.use_fast(model, method, max(map(len, trace_list)), intervention)
     out = np.empty(len(trace_list))
     for indices, chunk in batches(trace_list, batch_size, desc="answer KL", progress=progress):
         rows = _answer_rows(chunk)
-        before = _logits_one_batch(model, chunk, None, rows).log_softmax(-1)
-        after = _logits_one_batch(model, chunk, intervention, rows).log_softmax(-1)
+        before = _logits_one_batch(model, chunk, None, rows, fast=fast).log_softmax(-1)
+        after = _logits_one_batch(model, chunk, intervention, rows, fast=fast).log_softmax(-1)
         for i, (index, span) in enumerate(zip(indices, rows)):
             p, q = before[i, : len(span)], after[i, : len(span)]
             out[index] = float((p.exp() * (p - q)).sum(-1).mean())
