@@ -109,9 +109,20 @@ def bpe_tokenizer(*, think_tokens: ThinkTokens = "single", vocab_size: int = 100
     return AutoTokenizer.from_pretrained(_tokenizer_dir(think_tokens, vocab_size))
 
 
-def _boot(hf_model: Any, think_tokens: ThinkTokens, vocab_size: int) -> TransformerBridge:
+def _boot(
+    hf_model: Any,
+    think_tokens: ThinkTokens,
+    vocab_size: int,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | str | None = None,
+) -> TransformerBridge:
     # The bridge needs a tokenizer loaded from a directory (an in-memory one lacks
-    # name_or_path); weights stay in memory.
+    # name_or_path); weights stay in memory. Weights are drawn on the CPU in float32 (the same
+    # numbers whatever the device) and then moved.
+    from reasoning_circuits.models import _resolve_dtype
+
+    torch_dtype = _resolve_dtype(dtype) if dtype is not None else torch.float32
+    hf_model.to(device=torch.device(device), dtype=torch_dtype)
     directory = _workdir() / f"model_{id(hf_model)}"
     hf_model.config.save_pretrained(directory)
     for item in _tokenizer_dir(think_tokens, vocab_size).iterdir():
@@ -120,7 +131,8 @@ def _boot(hf_model: Any, think_tokens: ThinkTokens, vocab_size: int) -> Transfor
         str(directory),
         hf_model=hf_model,
         tokenizer=bpe_tokenizer(think_tokens=think_tokens, vocab_size=vocab_size),
-        device="cpu",
+        device=str(device),
+        dtype=torch_dtype,
     )
     bridge.eval()
     return bridge
@@ -164,12 +176,15 @@ def tiny_gpt2(
     seed: int = 0,
     think_tokens: ThinkTokens = "single",
     init_std: float = 0.02,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | str | None = None,
 ) -> TransformerBridge:
     """A small GPT-2 with random weights (fast tests).
 
     ``init_std`` is the weights' standard deviation. GPT-2's 0.02 gives nearly flat logits;
     a larger one (e.g. 0.3) gives a random model whose outputs depend strongly on its input,
-    which patching tests need.
+    which patching tests need. ``device`` and ``dtype`` (e.g. ``"cuda"``, ``torch.bfloat16``)
+    place the model; its weights are the same numbers whatever they are.
     """
     hf_model = _hf_gpt2(
         n_layers=n_layers,
@@ -180,10 +195,16 @@ def tiny_gpt2(
         seed=seed,
         init_std=init_std,
     )
-    return _boot(hf_model, think_tokens, min(vocab_size, 1000))
+    return _boot(hf_model, think_tokens, min(vocab_size, 1000), device, dtype)
 
 
-def gpt2_small(*, seed: int = 0, think_tokens: ThinkTokens = "single") -> TransformerBridge:
+def gpt2_small(
+    *,
+    seed: int = 0,
+    think_tokens: ThinkTokens = "single",
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | str | None = None,
+) -> TransformerBridge:
     """The exact GPT-2-small architecture with random weights and an offline tokenizer."""
     return tiny_gpt2(
         n_layers=12,
@@ -193,6 +214,8 @@ def gpt2_small(*, seed: int = 0, think_tokens: ThinkTokens = "single") -> Transf
         vocab_size=50257,
         seed=seed,
         think_tokens=think_tokens,
+        device=device,
+        dtype=dtype,
     )
 
 
@@ -240,6 +263,8 @@ def qwen2(
     vocab_size: int = 1024,
     seed: int = 0,
     think_tokens: ThinkTokens = "single",
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | str | None = None,
 ) -> TransformerBridge:
     """A Qwen2-style model (rotary, RMSNorm, gated MLP, grouped-query attention)."""
     hf_model = _hf_qwen2(
@@ -252,10 +277,16 @@ def qwen2(
         vocab_size=vocab_size,
         seed=seed,
     )
-    return _boot(hf_model, think_tokens, min(vocab_size, 1000))
+    return _boot(hf_model, think_tokens, min(vocab_size, 1000), device, dtype)
 
 
-def tiny_qwen2(*, seed: int = 0, think_tokens: ThinkTokens = "single") -> TransformerBridge:
+def tiny_qwen2(
+    *,
+    seed: int = 0,
+    think_tokens: ThinkTokens = "single",
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | str | None = None,
+) -> TransformerBridge:
     """A small Qwen2-style model: 2 layers, 4 query heads sharing 2 key/value heads, d_head 16."""
     return qwen2(
         n_layers=2,
@@ -265,6 +296,8 @@ def tiny_qwen2(*, seed: int = 0, think_tokens: ThinkTokens = "single") -> Transf
         n_ctx=512,
         seed=seed,
         think_tokens=think_tokens,
+        device=device,
+        dtype=dtype,
     )
 
 

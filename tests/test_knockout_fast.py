@@ -309,8 +309,7 @@ def test_bfloat16_models_run_the_fast_paths(make):
     rounding (0.2% of a score) moves a softmax weight by at most ~0.2% relative: we allow
     2e-3 absolute (observed: < 1e-4); entropies (nats, <= log T) likewise 2e-3.
     """
-    model32, model16 = make(seed=0), make(seed=0)
-    model16.to(torch.bfloat16)
+    model32, model16 = make(seed=0), make(seed=0, dtype=torch.bfloat16)
     assert next(model16.original_model.parameters()).dtype == torch.bfloat16
     reasoning = "\n" + " ".join(f"Step {i}: {i} + 1 = {i + 1}." for i in range(8)) + "\n"
     trace = Trace.from_parts("Q: count. ", reasoning, " It is 9.", model32.tokenizer)

@@ -76,3 +76,19 @@ def test_test_models_are_seeded():
     tokens = torch.tensor([[0, 5, 6, 7]])
     torch.testing.assert_close(a(tokens), b(tokens))
     assert not torch.allclose(a(tokens), c(tokens))
+
+
+@pytest.mark.parametrize("make", [rc.testing.tiny_gpt2, rc.testing.tiny_qwen2])
+def test_test_models_take_a_device_and_dtype_and_keep_their_weights(make):
+    """The offline test models are not pinned: the dtype (and device) asked for is the
+    model's, and its weights are the float32 ones rounded (drawn the same way everywhere)."""
+    reference = make(seed=3)
+    half = make(seed=3, dtype="bf16", device="cpu")
+    pairs = list(
+        zip(reference.original_model.parameters(), half.original_model.parameters(), strict=True)
+    )
+    assert all(p16.dtype == torch.bfloat16 for _, p16 in pairs)
+    assert all(torch.equal(p32.to(torch.bfloat16), p16) for p32, p16 in pairs)
+    assert half.cfg.dtype == torch.bfloat16 and str(half.cfg.device) == "cpu"
+    trace = rc.Trace.from_parts("Q ", "\n1+1=2.\n", " 2", half.tokenizer)
+    assert np.isfinite(rc.metrics.answer_logprob(half, trace)).all()
