@@ -54,7 +54,7 @@ from tqdm.auto import tqdm
 from reasoning_circuits import stats
 from reasoning_circuits._hooks import act_name
 from reasoning_circuits._inputs import as_traces, check_traces
-from reasoning_circuits.attention import AttentionProfile
+from reasoning_circuits.attention import AttentionProfile, Method
 from reasoning_circuits.heads import Head
 from reasoning_circuits.trace import Trace
 
@@ -129,6 +129,7 @@ def sentence_attention(
     layers: Sequence[int] | None = None,
     heads: Sequence[int] | None = None,
     gini: bool = False,
+    method: Method = "auto",
     batch_size: int = 1,
     progress: bool | None = None,
 ) -> list[SentenceAttention]:
@@ -136,6 +137,9 @@ def sentence_attention(
 
     One forward per batch (:meth:`AttentionProfile.compute` with ``by="sentences"``).
     ``gini=True`` adds the Gini coefficients (a sort of every row: about one more forward).
+    ``method``: ``"fast"`` never builds a ``[T × T]`` pattern (O(T) memory, for long traces),
+    ``"pattern"`` reduces the eager patterns, ``"auto"`` (default) is fast from
+    ``rc.attention.AUTO_FAST_TOKENS`` tokens; both give the same numbers (within 1e-5).
     Traces need at least one reasoning sentence.
     """
     trace_list = as_traces(traces)
@@ -153,6 +157,7 @@ def sentence_attention(
         heads=heads,
         by="sentences",
         statistics=statistics,
+        method=method,
         batch_size=batch_size,
         progress=progress,
     )

@@ -35,6 +35,23 @@ def make_trace(tokenizer, reasoning=REASONING, answer=" It is 10."):
     return Trace.from_parts("Q: compute. ", "".join(reasoning), answer, tokenizer, append_eos=True)
 
 
+@pytest.mark.parametrize("make", [rc.testing.tiny_gpt2, rc.testing.tiny_qwen2])
+def test_the_fast_path_gives_the_sentence_statistics_of_the_patterns(make):
+    """O(T) sentence statistics: method="fast" (no [T × T] pattern) equals the pattern path,
+    matrix, entropy, Gini and sink, on GPT-2 and on rotary grouped-query Qwen2, also batched
+    with traces of different lengths."""
+    model = make(seed=1)
+    traces = [make_trace(model.tokenizer), make_trace(model.tokenizer, REASONING[:4], " 9.")]
+    fast = sentence_attention(model, traces, gini=True, method="fast", batch_size=2)
+    slow = sentence_attention(model, traces, gini=True, method="pattern", batch_size=1)
+    for a, b in zip(fast, slow, strict=True):
+        for name in ("matrix", "entropy", "gini", "sink"):
+            np.testing.assert_allclose(getattr(a, name), getattr(b, name), atol=1e-5, rtol=0)
+        assert a.matrix.shape[-1] == len(a.n_tokens)
+    with pytest.raises(ValueError, match="method must be one of"):
+        sentence_attention(model, traces, method="fastest")  # type: ignore[arg-type]
+
+
 def test_matrix_entropy_and_sink_match_full_patterns(gpt2, tokenizer):
     trace = make_trace(tokenizer)
     (att,) = sentence_attention(gpt2, trace)
