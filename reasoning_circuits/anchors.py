@@ -122,6 +122,7 @@ __all__ = [
     "lexical_filter",
     "minilm_filter",
     "removal_logprobs",
+    "removal_span",
     "rollout_seed",
     "suppression_effects",
     "thought_anchors",
@@ -742,6 +743,34 @@ def content_span(trace: Trace, index: int) -> tuple[int, int]:
     return start, sentence.stop
 
 
+def _content_end(trace: Trace, index: int) -> int:
+    """End of sentence ``index``'s content: its trailing whitespace-only tokens excluded."""
+    start, stop = content_span(trace, index)
+    while stop > start:
+        a, b = trace.offsets[stop - 1]
+        if trace.text[a:b].strip():
+            break
+        stop -= 1
+    return stop
+
+
+def removal_span(trace: Trace, index: int) -> tuple[int, int]:
+    """Token span ``[start, stop)`` that removal deletes: sentence ``index``'s content and
+    one separator, so that the text reads as if the sentence had never been written.
+
+    A sentence before the last loses its content and the whitespace after it (``A. B. C.``
+    → ``A. C.``, ``\nA. B.`` → ``\nB.``); the last sentence loses the whitespace before it
+    and its content, so the reasoning keeps its closing separator (``A. B.\n</think>`` →
+    ``A.\n</think>``); a lone sentence loses its content only.
+    """
+    start, _ = content_span(trace, index)
+    if index + 1 < len(trace.sentences):
+        return start, content_span(trace, index + 1)[0]
+    if index > 0:
+        return _content_end(trace, index - 1), _content_end(trace, index)
+    return start, _content_end(trace, index)
+
+
 def _run(model: Any, rows: list[list[int]], hooks: list[Hook]) -> Tensor:
     """Log-softmax of right-padded ``rows`` (float32 on CPU), hooks applied."""
     width = max(map(len, rows))
@@ -784,9 +813,9 @@ def removal_logprobs(
     """Teacher-forced answer log-probability of the intact trace, and with each sentence's
     tokens deleted (one sequence per sentence, batched forwards), in nats.
 
-    The deleted tokens are the sentence's :func:`content_span`: leading whitespace-only
-    tokens stay (deleting the newline after ``<think>`` with the first sentence would test
-    the model on a format it never saw, not on the missing content).
+    The deleted tokens are :func:`removal_span`: the sentence's content and one separator,
+    so that no doubled or missing whitespace is left (a hole in the format would test the
+    model on text it never saw, not on the missing content).
 
     ``answer_text``: score this answer after ``</think>`` instead of the trace's own.
     Returns ``(intact, removed)`` with ``removed[j]`` for ``sentences[j]`` (default: all).
@@ -798,7 +827,7 @@ def removal_logprobs(
     rows = [base]
     starts = [answer_start]
     for i in chosen:
-        lo, hi = content_span(trace, i)
+        lo, hi = removal_span(trace, i)
         rows.append(base[:lo] + base[hi:])
         starts.append(answer_start - (hi - lo))
     scores: list[float] = []

@@ -20,6 +20,7 @@ from reasoning_circuits.anchors import (
     embedding_filter,
     lexical_filter,
     removal_logprobs,
+    removal_span,
     rollout_seed,
     suppression_effects,
     thought_anchors,
@@ -181,17 +182,23 @@ def test_answer_kl_by_hand():
 
 # --------------------------------------------------------------------------- removal
 def test_removal_equals_a_hand_built_trace_without_the_sentence(reasoner, traces):
-    """Character tokenizer: the text without the sentence tokenizes to exactly the ids."""
-    trace, _ = traces[2]
+    """Character tokenizer: the reasoning rewritten without the sentence (one space between
+    sentences, the newlines around the reasoning kept) tokenizes to exactly the ids."""
+    trace = max((t for t, _ in traces), key=lambda t: len(t.sentences))
+    assert len(trace.sentences) >= 3  # first, middle and last sentences
     intact, removed = removal_logprobs(reasoner, trace, batch_size=3)
     assert intact == pytest.approx(answer_logprob(reasoner, trace)[0], abs=1e-4)
-    for i, sentence in enumerate(trace.sentences):
-        body = trace.text_of(sentence)
-        cut = sentence.char_start + len(body) - len(body.lstrip())  # keep leading whitespace
-        text = trace.text[:cut] + trace.text[sentence.char_stop :]
-        bos = reasoner.tokenizer.bos_token
+    reasoning = trace.text_of("reasoning")
+    contents = [t.strip() for t in trace.sentence_texts]
+    assert reasoning == "\n" + " ".join(contents) + "\n"  # the task's layout
+    start = trace.text.index(reasoning)
+    bos = reasoner.tokenizer.bos_token
+    for i in range(len(contents)):
+        without = "\n" + " ".join(c for j, c in enumerate(contents) if j != i) + "\n"
+        text = trace.text[:start] + without + trace.text[start + len(reasoning) :]
         hand = rc.Trace.from_text(text[len(bos) :], reasoner.tokenizer)
-        assert len(hand) < len(trace)
+        lo, hi = removal_span(trace, i)
+        assert list(hand.ids) == list(trace.ids[:lo]) + list(trace.ids[hi:])
         assert removed[i] == pytest.approx(answer_logprob(reasoner, hand)[0], abs=1e-4)
 
 
