@@ -1,6 +1,7 @@
 import re
 
 import pytest
+import torch
 
 import reasoning_circuits as rc
 from reasoning_circuits.organism import format_completion, format_prompt, make_problems
@@ -117,6 +118,28 @@ def test_training_runs_and_saves_a_loadable_model(tmp_path):
     assert record["steps"] == 2 and len(record["history"]) == 1
     model = rc.load_model(tmp_path / "m")
     assert model.cfg.n_layers == 4 and not model.training
+
+
+def test_training_can_start_from_a_shipped_model(tmp_path):
+    """init_from fine-tunes: with a zero learning rate the weights stay the source's."""
+    from transformers import AutoModelForCausalLM
+
+    from reasoning_circuits.models import BUILTIN_MODELS
+    from reasoning_circuits.organism.train import train
+
+    record = train(
+        tmp_path / "ft", steps=1, seed=0, batch_size=2, lr=0.0, eval_every=100, n_eval=2,
+        init_from="tiny-reasoner", error_rate=0.3,
+    )  # fmt: skip
+    assert record["init_from"] == "tiny-reasoner" and record["error_rate"] == 0.3
+    assert record["architecture"]["n_layer"] == 4
+    source = AutoModelForCausalLM.from_pretrained(BUILTIN_MODELS["tiny-reasoner"])
+    tuned = AutoModelForCausalLM.from_pretrained(tmp_path / "ft")
+    for (name, a), b in zip(source.named_parameters(), tuned.parameters(), strict=True):
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match="architecture"):
+        shape = {"n_layer": 1}
+        train(tmp_path / "x", steps=1, seed=0, init_from="tiny-reasoner", architecture=shape)
 
 
 def test_solve_reproduces_generated_problems_and_makes_counterfactuals():

@@ -75,6 +75,15 @@ def render_model_card(training: dict[str, Any], results: dict[str, Any]) -> str:
         command += " --first-filler"
     if training.get("threads", 2) != 2:  # the run is deterministic for a given thread count
         command += f" --threads {training['threads']}"
+    if training["lr"] != 0.002:
+        command += f" --lr {training['lr']}"
+    if training["batch_size"] != 64:
+        command += f" --batch-size {training['batch_size']}"
+    init_from = training.get("init_from")
+    if init_from:
+        command += f" --init {init_from}"
+    start = f"Fine-tuned from `{init_from}`: " if init_from else ""
+    batch = training["batch_size"]
     threads = f"{training['threads']} thread" + ("s" if training["threads"] != 1 else "")
     filler_where = "any step" if first_filler else "a step after the first"
     errors = (
@@ -153,7 +162,7 @@ print(tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_toke
 ## Training
 - Command: `{command}`
 - Code commit: `{training["commit"]}`
-- Seed {training["seed"]}, {training["steps"]} steps of {training["batch_size"]} fresh problems,
+- {start}Seed {training["seed"]}, {training["steps"]} steps of {batch} fresh problems,
   AdamW (lr {training["lr"]}, cosine, weight decay 0.01), {threads},
   {training["minutes"]} minutes. {training["finished_share"]:.0%} of examples use the
   "finished" prompt (no reasoning).

@@ -96,7 +96,7 @@ def _apply(op: str, a: int, k: int) -> int:
 
 
 def _sample(
-    rng: random.Random, filler_rate: float, error_rate: float, first_filler: bool
+    rng: random.Random, filler_rate: float, error_rate: float, first_filler: bool, skip_rate: float
 ) -> Problem:
     hops = rng.randint(2, 4)
     n_distract = rng.randint(1, 2)
@@ -119,6 +119,8 @@ def _sample(
     question = " ".join(facts + rules) + f" What is {chain[-1]}?"
     sentences: list[str] = []
     for i, step in enumerate(steps):
+        if skip_rate and i + 1 < len(steps) and rng.random() < skip_rate:
+            continue  # a step left unwritten (never the last): the next one restates its value
         if (i or first_filler) and rng.random() < filler_rate:
             sentences.append(rng.choice(FILLERS))
         sentences.append(step)
@@ -166,6 +168,7 @@ def make_problems(
     filler_rate: float = 0.1,
     error_rate: float = 0.0,
     first_filler: bool = False,
+    skip_rate: float = 0.0,
 ) -> list[Problem]:
     """``n`` fresh problems of one split, reproducible from ``seed``.
 
@@ -173,21 +176,24 @@ def make_problems(
     every step, the first included, with ``first_filler=True``). ``error_rate`` is the chance
     that a step states a wrong result (another digit, uniformly); later steps read the stated
     value and the answer restates the last one, so ``value`` and ``gold`` follow the reasoning
-    and differ from the true result when a step is wrong. Training uses errors so that the
-    answer must read the reasoning (see the module docstring); evaluation problems have none.
+    and differ from the true result when a step is wrong. ``skip_rate`` is the chance that a
+    step before the last is not written (the next step still restates its value). Training
+    uses errors and skips so that the answer reads the last step (see the module docstring);
+    evaluation problems have neither.
     With the defaults the problems are those of earlier versions for the same seed.
     """
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
-    for name, rate in (("filler_rate", filler_rate), ("error_rate", error_rate)):
+    rates = (("filler_rate", filler_rate), ("error_rate", error_rate), ("skip_rate", skip_rate))
+    for name, rate in rates:
         if not 0 <= rate <= 1:
             raise ValueError(f"{name} must be in [0, 1], got {rate}")
     rng = random.Random(f"{seed}-{split}")
     out: list[Problem] = []
     while len(out) < n:
-        problem = _sample(rng, filler_rate, error_rate, first_filler)
+        problem = _sample(rng, filler_rate, error_rate, first_filler, skip_rate)
         if problem.split == split:
             out.append(problem)
     return out

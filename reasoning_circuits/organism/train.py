@@ -119,13 +119,18 @@ def train(
     filler_rate: float = 0.1,
     error_rate: float = 0.0,
     first_filler: bool = False,
+    skip_rate: float = 0.0,
+    init_from: str | None = None,
 ) -> dict[str, Any]:
     """Train and save the model to ``out``; return the training record for the model card.
 
     ``architecture`` overrides entries of :data:`ARCHITECTURE` (e.g. ``{"n_layer": 3}``) to
-    train an organism of another size. ``filler_rate``, ``error_rate`` and ``first_filler`` set
-    the training reasoning (:func:`~reasoning_circuits.organism.task.make_problems`); examples
-    with the "finished" prompt always answer with the true value."""
+    train an organism of another size. ``filler_rate``, ``error_rate``, ``first_filler`` and
+    ``skip_rate`` set the training reasoning
+    (:func:`~reasoning_circuits.organism.task.make_problems`); examples with the "finished"
+    prompt always answer with the true value. ``init_from`` (a built-in name such as
+    ``"tiny-reasoner"`` or a directory) starts from that model's weights
+    instead of random ones (fine-tuning; its architecture is kept)."""
     shape = {**ARCHITECTURE, **(architecture or {})}
     unknown = sorted(set(shape) - set(ARCHITECTURE))
     if unknown:
@@ -145,7 +150,16 @@ def train(
         attn_pdrop=0.0,
         **shape,
     )
-    model = GPT2LMHeadModel(config)
+    if init_from is not None:
+        from reasoning_circuits.models import BUILTIN_MODELS
+
+        if architecture:
+            raise ValueError("init_from keeps the model's architecture; drop architecture=")
+        source = BUILTIN_MODELS.get(init_from, Path(init_from))
+        model = GPT2LMHeadModel.from_pretrained(source)
+        shape = {key: getattr(model.config, key) for key in ARCHITECTURE}
+    else:
+        model = GPT2LMHeadModel(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     warmup = max(1, steps // 50)
 
@@ -167,6 +181,7 @@ def train(
             filler_rate=filler_rate,
             error_rate=error_rate,
             first_filler=first_filler,
+            skip_rate=skip_rate,
         )
         modes: list[PromptMode] = [
             "finished" if rng.random() < finished_share else "reasoning" for _ in problems
@@ -207,6 +222,8 @@ def train(
         "filler_rate": filler_rate,
         "error_rate": error_rate,
         "first_filler": first_filler,
+        "skip_rate": skip_rate,
+        "init_from": init_from,
         "threads": threads,
         "architecture": shape,
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -249,6 +266,8 @@ def main() -> None:
     parser.add_argument("--filler-rate", type=float, default=0.1)
     parser.add_argument("--error-rate", type=float, default=0.0)
     parser.add_argument("--first-filler", action="store_true")
+    parser.add_argument("--skip-rate", type=float, default=0.0)
+    parser.add_argument("--init", default=None, help="start from this model (name or directory)")
     for key, value in ARCHITECTURE.items():
         parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=value)
     args = parser.parse_args()
@@ -260,10 +279,12 @@ def main() -> None:
         lr=args.lr,
         eval_every=args.eval_every,
         threads=args.threads,
-        architecture={key: getattr(args, key) for key in ARCHITECTURE},
+        architecture=None if args.init else {key: getattr(args, key) for key in ARCHITECTURE},
         filler_rate=args.filler_rate,
         error_rate=args.error_rate,
         first_filler=args.first_filler,
+        skip_rate=args.skip_rate,
+        init_from=args.init,
     )
 
 
