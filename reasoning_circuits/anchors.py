@@ -934,14 +934,31 @@ def suppression_effects(
         ]  # fmt: skip
         logprobs = _run(model, [base] * len(part), hooks)
         per_position = (p_intact[None] * (intact - logprobs)).sum(-1)  # [batch, pos]
-        for r, i in enumerate(part):
+        for r in range(len(part)):
             suppressed[lo + r] = _score(logprobs, r, targets, answer_start)
-            answer_kl[lo + r] = float(per_position[r, answer_rows].mean())
-            for m in range(i + 1, n_sent):
-                s = trace.sentences[m]
-                if len(s):
-                    kl[lo + r, m] = float(per_position[r, s.start : s.stop].mean())
+        _fill_kl(kl, answer_kl, per_position, part, lo, trace, answer_rows)
     return logprob, suppressed, kl, answer_kl
+
+
+def _fill_kl(
+    kl: np.ndarray,
+    answer_kl: np.ndarray,
+    per_position: Tensor,
+    part: Sequence[int],
+    lo: int,
+    trace: Trace,
+    answer_rows: Any,
+) -> None:
+    """Rows ``lo..`` of the suppression KL matrix and answer KL from the per-position KL of
+    one batch (``per_position[r]`` for suppressed sentence ``part[r]``): the mean over each
+    later sentence's tokens, and over the answer rows."""
+    n_sent = len(trace.sentences)
+    for r, i in enumerate(part):
+        answer_kl[lo + r] = float(per_position[r, answer_rows].mean())
+        for m in range(i + 1, n_sent):
+            s = trace.sentences[m]
+            if len(s):
+                kl[lo + r, m] = float(per_position[r, s.start : s.stop].mean())
 
 
 @torch.no_grad()
@@ -999,13 +1016,9 @@ def _suppression_fast(
             wanted = targets[r0 : min(r1, n - 1)].to(q.device)
             picked = q[:, : len(wanted)].gather(-1, wanted.expand(len(part), -1)[..., None])
             target_logprob[:, r0 : r0 + len(wanted)] = picked[..., 0].cpu()
-        for r, i in enumerate(part):
+        for r in range(len(part)):
             suppressed[lo + r] = float(target_logprob[r, answer_rows].sum())
-            answer_kl[lo + r] = float(per_position[r, answer_rows].mean())
-            for m in range(i + 1, n_sent):
-                s = trace.sentences[m]
-                if len(s):
-                    kl[lo + r, m] = float(per_position[r, s.start : s.stop].mean())
+        _fill_kl(kl, answer_kl, per_position, part, lo, trace, answer_rows)
     return logprob, suppressed, kl, answer_kl
 
 
