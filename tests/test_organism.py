@@ -5,7 +5,7 @@ import torch
 
 import reasoning_circuits as rc
 from reasoning_circuits.organism import format_completion, format_prompt, make_problems
-from reasoning_circuits.organism.train import build_tokenizer
+from reasoning_circuits.organism.train import _encode_batch, build_tokenizer
 
 
 def test_problems_are_reproducible_fresh_and_splits_disjoint():
@@ -95,6 +95,38 @@ def test_wrong_steps_are_followed_by_the_later_steps_and_the_answer():
     assert sum(t != p.value for t, p in zip(truths, problems, strict=True)) > 100
     with pytest.raises(ValueError, match="error_rate"):
         make_problems(1, seed=0, error_rate=1.5)
+
+
+def test_skipped_steps_are_restated_and_only_read_in_training():
+    """With skip_rate a step before the last may be unwritten: the next step restates its
+    value, never the last step is skipped, and exactly the steps after a gap are read-only,
+    which the training loss mask leaves out (and nothing else of the reasoning)."""
+    problems = make_problems(300, seed=8, skip_rate=0.3, filler_rate=0.2, first_filler=True)
+    n_gaps = 0
+    tok = build_tokenizer()
+    for p in problems:
+        truth = rc.organism.solve(p.question)
+        rules = re.findall(r"\b([a-z])=([a-z])[+*-]\d\.", p.question)
+        pattern = r"([a-z])=([a-z])[+*-]\d=\d[+*-]\d=\d\."
+        written = [m for m in re.finditer(pattern, p.reasoning)]
+        assert written[-1][1] == rules[-1][0]  # the last step is always written
+        assert {m[0] for m in written} <= set(truth.reasoning.split(" "))  # right, restated
+        previous = rules[0][1]  # the start fact
+        expected = []
+        for m in written:
+            if m[2] != previous:  # reads a value no written sentence gave: a gap before it
+                expected.append((m.start(), m.end()))
+            previous = m[1]
+        assert list(p.read_only) == expected
+        n_gaps += len(expected)
+        _, _, loss_mask = _encode_batch(tok, [p], ["reasoning"])
+        ids = tok.encode(format_prompt(p) + format_completion(p), add_special_tokens=False)
+        n_prompt = 1 + len(tok.encode(format_prompt(p), add_special_tokens=False))
+        off = [i - n_prompt for i in range(len(ids) + 1) if not loss_mask[0, i] and i >= n_prompt]
+        assert off == [i for a, b in expected for i in range(a, b)]  # char-level tokenizer
+    assert 50 < n_gaps < 250
+    assert make_problems(30, seed=8) == make_problems(30, seed=8, skip_rate=0.0)
+    assert all(not p.read_only for p in make_problems(30, seed=8))
 
 
 # the first 16 hex digits of that digest, computed with the code before error_rate existed (713a474)

@@ -80,19 +80,26 @@ def build_tokenizer() -> Any:
 def _encode_batch(
     tokenizer: Any, problems: list[Problem], modes: list[PromptMode]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded ids ``[batch, pos]``, attention mask, and a loss mask on the completion."""
+    """Right-padded ids ``[batch, pos]``, attention mask, and a loss mask on the completion.
+
+    The loss mask leaves out the prompt and the ``read_only`` spans of the reasoning."""
     rows, masks = [], []
     for problem, mode in zip(problems, modes):
         prompt = [
             tokenizer.bos_token_id,
             *tokenizer.encode(format_prompt(problem, mode), add_special_tokens=False),
         ]  # type: ignore[arg-type]
-        completion = [
-            *tokenizer.encode(format_completion(problem, mode), add_special_tokens=False),
-            tokenizer.eos_token_id,
-        ]  # type: ignore[arg-type]
+        encoded = tokenizer(
+            format_completion(problem, mode), add_special_tokens=False, return_offsets_mapping=True
+        )
+        completion = [*encoded["input_ids"], tokenizer.eos_token_id]
+        learned = [1] * len(completion)
+        if mode == "reasoning":  # the reasoning starts the completion: spans index it directly
+            for j, (start, end) in enumerate(encoded["offset_mapping"]):
+                if any(a <= start and end <= b for a, b in problem.read_only):
+                    learned[j] = 0
         rows.append(prompt + completion)
-        masks.append([0] * len(prompt) + [1] * len(completion))
+        masks.append([0] * len(prompt) + learned)
     width = max(map(len, rows))
     ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
     attention = torch.zeros((len(rows), width), dtype=torch.long)
