@@ -396,8 +396,12 @@ def test_study_conventions_label_by_the_sign_of_delta_only():
 
 # --------------------------------------------------------------------------- the proof
 def _proof(reasoner, n_problems: int, n_rollouts: int):
-    problems = make_problems(n_problems, seed=2027, split="heldout", filler_rate=0.3)
-    removal_top = resampling_top = total = 0
+    """Removal and resampling importance on held-out problems with a filler before any step
+    (0.2 each), on the reference reasoning of the problems the model answers right."""
+    problems = make_problems(
+        n_problems, seed=2027, split="heldout", filler_rate=0.2, first_filler=True
+    )
+    removal_top = resampling_top = 0
     fillers = []
     separated: list[bool] = []
     for trace, gold in reference_traces(reasoner, problems):
@@ -411,45 +415,55 @@ def _proof(reasoner, n_problems: int, n_rollouts: int):
             **KW,
         )
         last = len(trace.sentences) - 1  # the step that computes the asked-for variable
-        total += 1
         removal_top += int(result.top("removal").sentence == last)
         resampling_top += int(result.top("resampling").sentence == last)
         fillers += [r for r in result if r.text in FILLERS]
         filler_removal = [r.removal_importance for r in result if r.text in FILLERS]
         final = result.records[last].removal_importance
         steps = [t for t in trace.sentence_texts if t.strip() not in FILLERS]
-        # a last step like c=r*1=6*1=6 repeats the value the step before already wrote:
+        # a last step like e=g*1=0*1=0 repeats the value the step before already wrote:
         # deleting it cannot cost much, since the answer can copy the same digit from there
         repeats = len(steps) > 1 and steps[-1].rstrip(". ")[-1] == steps[-2].rstrip(". ")[-1]
         separated.append(not filler_removal or repeats or final > max(filler_removal) + 1.0)
     assert all(separated), "a filler cost the answer as much as the final step"
-    return removal_top, resampling_top, total, fillers
+    return removal_top, resampling_top, fillers
 
 
-def test_the_result_sentence_is_the_removal_anchor_and_fillers_do_not_matter(reasoner):
-    removal_top, _, total, fillers = _proof(reasoner, 4, 6)
-    assert removal_top >= total - 1  # the 80% goal is for 50 problems (slow test below)
+def _fillers_without_effect(fillers) -> tuple[int, int]:
+    """How many fillers' Δ show no effect: Holm-adjusted p > 0.05, and (the issue's words)
+    their interval includes 0, with intervals that hold together (Bonferroni, 1 - 0.05/m)."""
+    tested = [f for f in fillers if f.resampling is not None]
+    adjusted = rc.stats.adjust_pvalues([f.resampling.p_value for f in tested], method="holm")
+    joint = 1 - 0.05 / len(tested)
+    intervals = [
+        rc.stats.two_proportions(
+            f.k_kept, f.n_kept, f.k_replaced, f.n_replaced, confidence=joint
+        ).difference
+        for f in tested
+    ]
+    assert len(tested) == len(fillers) >= 1
+    return int((np.asarray(adjusted) > 0.05).sum()), sum(i.contains(0) for i in intervals)
+
+
+def test_the_result_sentence_is_the_anchor_and_fillers_do_not_matter(reasoner):
+    removal_top, resampling_top, fillers = _proof(reasoner, 4, 20)
+    assert removal_top >= 3 and resampling_top >= 3  # the 80% goal: 50 problems (slow test)
     assert fillers and all(f.resampling.difference.contains(0) for f in fillers)
 
 
 @pytest.mark.slow
 def test_computing_steps_are_anchors_and_fillers_are_not_over_50_problems(reasoner):
-    """The final step costs the answer more than 1 nat beyond any filler in every problem
-    where it writes a new value (in _proof), and most fillers' Δ do not differ from 0
-    (Holm). That the final step is the single largest is asserted only against chance:
-    on this model deleting an earlier step often costs as much (its answer needs the whole
-    chain); measured 34 of 50 (68%, the issue's goal is 80%; see docs/anchors.md, which also
-    gives the organism recipe that reaches it)."""
-    removal_top, _, total, fillers = _proof(reasoner, 50, 20)
-    assert total >= 45
-    # The issue's "fillers have a Δ whose interval includes 0" does not hold for every filler:
-    # over these 50 problems (k = 20) 21 of 23 fillers show no effect after Holm, 2 a strong
-    # negative one (kept 0/20 and 6/20 right, replaced 20/20: the model derails after them;
-    # docs/anchors.md). Asserted: most fillers.
-    tested = [f.resampling.p_value for f in fillers if f.resampling is not None]
-    p = rc.stats.adjust_pvalues(tested, method="holm")
-    assert len(tested) >= 10 and (p > 0.05).mean() >= 0.8
-    assert removal_top >= total / 2  # far above a uniform pick among 2-4 steps
+    """The issue's proof on 50 held-out problems (k = 20 rollouts per condition): the step
+    that computes the final result has the highest removal and the highest resampling
+    importance in at least 80% of the 50 (measured 43 and 43, docs/anchors.md; a problem the
+    model answers wrong counts as a miss), it costs the answer more than 1 nat beyond any
+    filler in every problem where it writes a new value, and no filler has an effect: every
+    Holm-adjusted p > 0.05 and every filler's joint interval includes 0."""
+    removal_top, resampling_top, fillers = _proof(reasoner, 50, 20)
+    assert removal_top >= 40 and resampling_top >= 40
+    no_effect_holm, contains_zero = _fillers_without_effect(fillers)
+    assert len(fillers) >= 10
+    assert no_effect_holm == contains_zero == len(fillers)
 
 
 def test_a_second_writer_is_refused_before_it_touches_the_file(tmp_path):

@@ -2,9 +2,9 @@
 
 * resample/patch take the source's value at the same *segment offset*, never a zero past the
   end of a shorter source nor the prompt of a longer one, and refuse what has no counterpart;
-* mean ablation offers per-offset and per-token means; on the tiny reasoner's fixed
-  ``The answer is N.`` template the pooled mean of L0H4 breaks the template, the per-offset
-  mean does not;
+* mean ablation offers per-offset and per-token means; on the first tiny reasoner's
+  (``tiny-reasoner-v1``) fixed ``The answer is N.`` template the pooled mean of L0H4 breaks
+  the template, the per-offset mean does not;
 * a knockout never gives a future key any weight, also in rows whose every key is blocked;
 * the normalised logit difference refuses gaps that are small *relative to* the logit
   differences, and R2A's pair filter is offered.
@@ -289,30 +289,34 @@ def test_per_offset_means_of_the_trace_itself_change_nothing_pooled_ones_do(gpt2
 
 
 @pytest.fixture(scope="module")
-def l0h4_means(reasoner, organism):
-    """L0H4's pooled and per-offset answer means over 30 held-out traces."""
+def v1():
+    """The first tiny reasoner, whose model card reported L0H4's template "cost"."""
+    return rc.load_model("tiny-reasoner-v1")
+
+
+@pytest.fixture(scope="module")
+def l0h4_means(v1, organism):
+    """L0H4's pooled and per-offset answer means over 30 held-out traces (v1)."""
     return {
-        by: rc.mean_head_outputs(reasoner, organism, ["L0H4"], by=by, batch_size=30)
+        by: rc.mean_head_outputs(v1, organism, ["L0H4"], by=by, batch_size=30)
         for by in ("pooled", "segment_offset")
     }
 
 
-def test_pooled_mean_of_l0h4_breaks_the_answer_template_per_offset_mean_keeps_it(
-    reasoner, l0h4_means
-):
-    """The model card's L0H4 "cost" was the template: with one pooled mean in every answer
+def test_pooled_mean_of_l0h4_breaks_the_answer_template_per_offset_mean_keeps_it(v1, l0h4_means):
+    """v1's model card's L0H4 "cost" was the template: with one pooled mean in every answer
     position the model no longer predicts ``answer`` after ``The`` (teacher-forced argmax
     right at answer offset 5 on 58% of 40 traces, measured), while per-offset means keep
     every template token (>= 97.5%) and the digit (100%)."""
     tests = [
-        organism_trace(p, reasoner.tokenizer)
+        organism_trace(p, v1.tokenizer)
         for p in rc.organism.make_problems(40, seed=5, split="heldout")
     ]
     head = Head(0, 4)
 
     def right_per_offset(iv):
         rows = [list(range(t["answer"].start - 1, t["answer"].stop - 1)) for t in tests]
-        predicted = rc.metrics.batch_logits(reasoner, tests, iv, rows=rows).argmax(-1)
+        predicted = rc.metrics.batch_logits(v1, tests, iv, rows=rows).argmax(-1)
         gold = torch.tensor([t.ids[t["answer"].slice] for t in tests])
         return (predicted == gold).float().mean(0)  # [17 answer offsets]
 
@@ -327,18 +331,18 @@ def test_pooled_mean_of_l0h4_breaks_the_answer_template_per_offset_mean_keeps_it
     assert rate["segment_offset"][digit] == 1.0 and rate["pooled"][digit] == 1.0
 
 
-def test_generated_template_survives_per_offset_means_not_the_pooled_mean(reasoner, l0h4_means):
-    """Generated, not teacher-forced: two held-out problems on which the pooled mean of L0H4
+def test_generated_template_survives_per_offset_means_not_the_pooled_mean(v1, l0h4_means):
+    """Generated, not teacher-forced: two held-out problems on which the pooled mean of v1's L0H4
     writes ``The answer 0swer`` and ``The 4. answ=is 4`` (measured)."""
     tests = [
-        organism_trace(p, reasoner.tokenizer)
+        organism_trace(p, v1.tokenizer)
         for p in rc.organism.make_problems(2, seed=5, split="heldout")
     ]
     head = Head(0, 4)
     answers = {}
     for by in ("pooled", "segment_offset"):
         iv = HeadIntervention([head], "mean", positions="answer", means=l0h4_means[by])
-        answers[by] = generate_answers(reasoner, tests, iv, max_new_tokens=17)
+        answers[by] = generate_answers(v1, tests, iv, max_new_tokens=17)
     assert not any(TEMPLATE.match(a) for a in answers["pooled"]), answers
     assert answers["segment_offset"] == [" " + t.text_of("answer").strip() for t in tests]
 

@@ -131,9 +131,41 @@ def test_the_cards_plain_transformers_snippet_runs(capsys):
     assert capsys.readouterr().out.strip().endswith("</think> The answer is 8.")
 
 
-def test_the_card_is_rendered_from_the_shipped_records():
-    training = json.loads((DIRECTORY / "training.json").read_text())
-    assert render_model_card(training, CARD) == (DIRECTORY / "MODEL_CARD.md").read_text()
+@pytest.mark.parametrize("name", ["tiny-reasoner", "tiny-reasoner-v1"])
+def test_the_card_is_rendered_from_the_shipped_records(name):
+    directory = BUILTIN_MODELS[name]
+    training = json.loads((directory / "training.json").read_text())
+    results = json.loads((directory / "evaluation.json").read_text())
+    card = render_model_card(training, results, name=name)
+    assert card == (directory / "MODEL_CARD.md").read_text()
+    assert f'rc.load_model("{name}")' in card
+
+
+@pytest.mark.parametrize("name", ["tiny-reasoner", "tiny-reasoner-v1"])
+def test_the_cards_training_command_reproduces_the_training_record(name):
+    """The card's command, parsed by the training CLI, gives every option of the record."""
+    import shlex
+
+    from reasoning_circuits.organism.train import parse_args
+
+    directory = BUILTIN_MODELS[name]
+    training = json.loads((directory / "training.json").read_text())
+    card = (directory / "MODEL_CARD.md").read_text()
+    command = re.search(r"Command: `python -m reasoning_circuits.organism.train ([^`]*)`", card)
+    args = parse_args(shlex.split(command[1]))
+    assert (args.steps, args.seed, args.lr, args.batch_size, args.threads) == (
+        training["steps"], training["seed"], training["lr"], training["batch_size"],
+        training["threads"],
+    )  # fmt: skip
+    assert args.filler_rate == training.get("filler_rate", 0.1)
+    assert args.error_rate == training.get("error_rate", 0.0)
+    assert args.skip_rate == training.get("skip_rate", 0.0)
+    assert args.first_filler == training.get("first_filler", False)
+    assert args.init == training.get("init_from")
+    assert [h["step"] for h in training["history"]] == list(
+        range(args.eval_every, args.steps + 1, args.eval_every)
+    )
+    assert training.get("init_from") in (None, *BUILTIN_MODELS)  # the source is shipped too
 
 
 def test_bridge_and_library_put_exactly_one_bos(reasoner):
@@ -212,9 +244,11 @@ def test_the_evaluation_record_has_every_field_and_its_numbers_agree():
 
 def test_value_and_template_are_judged_apart_under_teacher_forcing(reasoner):
     """A forced wrong N breaks the value, not the template; a forced wrong "!" the reverse."""
-    problem = rc.organism.make_problems(1, seed=13, split="heldout")[0]
-    g = generate(reasoner, [problem])[0]
-    assert g.value_correct and g.template_correct
+    solved = [g for g in generate(reasoner, rc.organism.make_problems(4, seed=13, split="heldout"))
+              if g.value_correct and g.template_correct]  # fmt: skip
+    assert solved  # the model answers ~99% of held-out problems right (its card)
+    g = solved[0]
+    problem = g.problem
     tok = reasoner.tokenizer
     close = list(g.ids).index(tok.convert_tokens_to_ids("</think>"))
     n = rc.organism.gold_value(problem.gold)

@@ -46,7 +46,9 @@ def _chance_sentence(filler: dict[str, Any], chance: float) -> str:
     )
 
 
-def render_model_card(training: dict[str, Any], results: dict[str, Any]) -> str:
+def render_model_card(
+    training: dict[str, Any], results: dict[str, Any], *, name: str = "tiny-reasoner"
+) -> str:
     """The text of ``MODEL_CARD.md`` from the training record and the measured numbers.
 
     ``training`` is what :func:`reasoning_circuits.organism.train.train` returns (and writes
@@ -73,6 +75,12 @@ def render_model_card(training: dict[str, Any], results: dict[str, Any]) -> str:
         command += f" --error-rate {error_rate}"
     if first_filler:
         command += " --first-filler"
+    skip_rate = training.get("skip_rate", 0.0)
+    if skip_rate:
+        command += f" --skip-rate {skip_rate}"
+    eval_steps = [h["step"] for h in training["history"]]
+    if eval_steps and eval_steps[0] != min(500, training["steps"]):  # the table's rows
+        command += f" --eval-every {eval_steps[0]}"
     if training.get("threads", 2) != 2:  # the run is deterministic for a given thread count
         command += f" --threads {training['threads']}"
     if training["lr"] != 0.002:
@@ -92,6 +100,14 @@ def render_model_card(training: dict[str, Any], results: dict[str, Any]) -> str:
         "reasoning (greedy decoding still writes the right step: the right digit keeps "
         f"{1 - error_rate:.0%} of the mass)"
         if error_rate
+        else ""
+    )
+    skips = (
+        f"; a step before the last is left unwritten with probability {skip_rate} (the next "
+        "step restates its value); training reads the step after such a gap but does not "
+        "learn to write it (`Problem.read_only`), so the model reads reasoning with a missing "
+        "step yet writes every step itself"
+        if skip_rate
         else ""
     )
     wr, ff = r["with_reasoning"], r["finished_filler"]
@@ -139,12 +155,13 @@ def render_model_card(training: dict[str, Any], results: dict[str, Any]) -> str:
         f'| "finished" filler instead of reasoning | {_rate(ff["value"])} '
         f"| {_rate(ff['template'])} | {_rate(ff['exact'])} | |"
     )
-    card = f"""# tiny-reasoner
+    origin = f"fine-tuned from `{init_from}`" if init_from else "trained from scratch"
+    card = f"""# {name}
 
-A {training["parameters"]:,}-parameter GPT-2 trained from scratch, on 2 CPU cores, on the
+A {training["parameters"]:,}-parameter GPT-2 {origin}, on 2 CPU cores, on the
 synthetic multi-hop task of `reasoning_circuits.organism.task`. It writes
 `question <think>` reasoning `</think> The answer is N.` and needs its reasoning to get N.
-Load it with `rc.load_model("tiny-reasoner")`.
+Load it with `rc.load_model("{name}")`.
 
 ## Use with plain transformers
 The tokenizer adds the BOS token (`<|endoftext|>`) itself, as in training:
@@ -171,7 +188,7 @@ print(tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_toke
   `<think>`, `</think>` as tokens.
 - Data: problems with 2–4 hops of `+k`, `-k`, `*k` mod 10, 1–2 distractor facts,
   every step written out (`c=b*3=8*3=4.`), a filler sentence before {filler_where} with
-  probability {filler_rate}{errors}.
+  probability {filler_rate}{errors}{skips}.
 
 | step | loss | held-out accuracy (200 problems) |
 |---|---|---|
@@ -234,9 +251,12 @@ attention on half A (mean over its correct traces, layers and heads): {split}.
     return card
 
 
-def write_model_card(model_dir: str | Path, results: dict[str, Any]) -> Path:
+def write_model_card(
+    model_dir: str | Path, results: dict[str, Any], *, name: str = "tiny-reasoner"
+) -> Path:
     """Write ``evaluation.json`` (``results``) and ``MODEL_CARD.md`` into ``model_dir``.
 
+    ``name`` is the model's name in the card (its title and the ``rc.load_model`` line).
     ``model_dir`` must hold the ``training.json`` that training wrote. Returns the card's path.
     """
     directory = Path(model_dir)
@@ -247,7 +267,7 @@ def write_model_card(model_dir: str | Path, results: dict[str, Any]) -> Path:
             "`python -m reasoning_circuits.organism.train --out DIR` writes"
         )
     training = json.loads(record.read_text())
-    card = render_model_card(training, results)
+    card = render_model_card(training, results, name=name)
     (directory / "evaluation.json").write_text(json.dumps(results, indent=2))
     path = directory / "MODEL_CARD.md"
     path.write_text(card)

@@ -51,6 +51,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--draw-seed", type=int, default=0, help="seed of the random triples")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--write-card", action="store_true", help="write MODEL_CARD.md there")
+    parser.add_argument(
+        "--name",
+        help="the model's name in the card (default: --model if built in, else tiny-reasoner)",
+    )
     args = parser.parse_args(argv)
     from reasoning_circuits.models import BUILTIN_MODELS
 
@@ -61,7 +65,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     print(json.dumps(results, indent=2))
     if args.write_card:
-        print(f"wrote {write_model_card(directory, results)}")
+        name = args.name or (args.model if args.model in BUILTIN_MODELS else "tiny-reasoner")
+        print(f"wrote {write_model_card(directory, results, name=name)}")
 
 
 if __name__ == "__main__":

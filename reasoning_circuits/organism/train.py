@@ -20,6 +20,7 @@ import random
 import shutil
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -261,7 +262,8 @@ def _commit() -> str:
         return "unknown"
 
 
-def main() -> None:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line's options (``argv`` default: ``sys.argv[1:]``)."""
     parser = argparse.ArgumentParser(description="Train the tiny reasoner.")
     parser.add_argument("--out", type=Path, required=True, help="output directory (HF format)")
     parser.add_argument("--steps", type=int, default=4000)
@@ -277,7 +279,12 @@ def main() -> None:
     parser.add_argument("--init", default=None, help="start from this model (name or directory)")
     for key, value in ARCHITECTURE.items():
         parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=value)
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Train from the command line (see :func:`parse_args`)."""
+    args = parse_args(argv)
     train(
         args.out,
         steps=args.steps,
