@@ -118,7 +118,11 @@ def main() -> None:
         for layer in range(model.cfg.n_layers)
         for head in range(model.cfg.n_heads)
     ]
-    means = rc.mean_head_outputs(model, traces, heads, positions="answer", by="segment_offset")
+    # one mean per answer offset; an ablated model may write past the 17 tokens of
+    # " The answer is N." while generating, and those positions get the pooled mean
+    means = rc.mean_head_outputs(
+        model, traces, heads, positions="answer", by="segment_offset", fallback="pooled"
+    )
     # two rankings: R2A's mean over all answer rows, and the row that emits the value
     by_answer = list(rc.rank_heads(profiles, k=3))
     by_emitting_row = list(rc.rank_heads(rc.organism.emitting_mass(model, traces)[None], k=3))

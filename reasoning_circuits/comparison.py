@@ -95,10 +95,12 @@ class ModelComparison:
         a, b = self.names
         lines = [f"ModelComparison({a} - {b}, {self.design}, problems as units)"]
         for row in self.table.itertuples():
-            lines.append(
-                f"  {row.quantity:<20} {row.estimate:+.4g} [{row.low:+.4g}, {row.high:+.4g}] "
-                f"p={row.p:.3g} ({row.kind})"
+            spread = (
+                f"[{row.low:+.4g}, {row.high:+.4g}] p={row.p:.3g}"
+                if np.isfinite(row.low)
+                else "(the same difference in every problem: no interval, no test)"
             )
+            lines.append(f"  {row.quantity:<20} {row.estimate:+.4g} {spread} ({row.kind})")
             if row.kind == "metric" and np.isfinite(row.adjusted):
                 lines.append(
                     f"  {'':<20} adjusted for confounds {row.adjusted:+.4g} "
@@ -154,7 +156,8 @@ class ModelComparison:
             ax.set_xticks([0, 1], list(self.names))
             ax.set_xlim(-0.5, 1.6)
             label = "\n".join(textwrap.wrap(f"{row.quantity} ({row.kind})", 22))
-            ax.set_title(f"{label}\nΔ={row.estimate:+.3g}, p={row.p:.2g}", fontsize=9)
+            tested = f"p={row.p:.2g}" if np.isfinite(row.p) else "no spread"
+            ax.set_title(f"{label}\nΔ={row.estimate:+.3g}, {tested}", fontsize=9)
         fig.suptitle(
             title
             or f"{self.names[0]} vs {self.names[1]}: problem means, "

@@ -123,7 +123,11 @@ def test_a_quantity_without_spread_gets_its_difference_and_no_interval():
     rows = [{"problem_id": f"p{i}", "entropy": float(i), "n_tokens": 10.0} for i in range(6)]
     a = pd.DataFrame(rows)
     b = a.assign(entropy=a.entropy - 0.5 + np.linspace(0, 0.1, 6), n_tokens=8.0)
-    table = compare_models(a, b, metrics=["entropy"], confounds=["n_tokens"]).to_frame()
+    result = compare_models(a, b, metrics=["entropy"], confounds=["n_tokens"])
+    printed = repr(result).splitlines()
+    assert "nan" not in printed[2] and "+2 (the same difference in every problem" in printed[2]
+    assert "p=" in printed[1]  # entropy has spread: interval and test
+    table = result.to_frame()
     confound = table.set_index("quantity").loc["n_tokens"]
     assert confound["estimate"] == 2.0 and np.isnan(confound["low"]) and np.isnan(confound["p"])
     assert confound["test"] == "none (no spread)"
