@@ -481,3 +481,17 @@ def test_a_second_writer_is_refused_before_it_touches_the_file(tmp_path):
     with pytest.raises(AnchorFileMismatchError):
         _Writer(path, {"seed": 1})
     assert path.read_bytes() == before
+
+
+def test_the_docs_snippet_runs_as_written(tmp_path, monkeypatch, capsys):
+    """docs/anchors.md's first code block, executed unchanged in an empty directory."""
+    import pathlib
+    import re
+
+    doc = pathlib.Path(__file__).parents[1] / "docs" / "anchors.md"
+    snippet = re.search(r"```python\n(.*?)```", doc.read_text(), re.S)[1]
+    monkeypatch.chdir(tmp_path)
+    exec(snippet, {})
+    printed = capsys.readouterr().out
+    assert "most important by removal: c=j+7=8+7=5." in printed  # the last step (the doc)
+    assert (tmp_path / "anchors.jsonl").is_file()
