@@ -95,9 +95,11 @@ from reasoning_circuits.heads import Head, as_heads
 from reasoning_circuits.rollouts import sample_rollouts
 from reasoning_circuits.sentences import split_sentences
 from reasoning_circuits.stats import (
+    AdjustMethod,
     Comparison,
     Interval,
     _check_confidence,
+    adjust_pvalues,
     proportion_ci,
     two_proportions,
 )
@@ -581,6 +583,47 @@ class AnchorSet:
         if all(math.isnan(v) for v in values):
             raise ValueError(f"no record has a {method} importance; run that method")
         return chosen[int(np.nanargmax(values))]
+
+    def resampling_tests(self, *, adjust: AdjustMethod = "holm") -> pd.DataFrame:
+        """Resampling Δ of every sentence with a test, adjusted for testing them all.
+
+        Many sentences are tested at once, so some marginal 95% intervals exclude 0 by chance
+        alone (about 1 in 20 sentences without any effect). One row per record whose two
+        conditions both have rollouts: ``delta``, its marginal interval and ``p_value``
+        (Newcombe, Fisher's exact test; the records' confidence), ``p_adjusted`` over these
+        rows (``adjust``: ``"holm"`` or ``"bonferroni"`` for claims about any sentence,
+        ``"fdr_bh"`` for candidates), and ``joint_low``/``joint_high``: Newcombe intervals at
+        confidence ``1 - (1 - confidence) / m`` for m rows (Bonferroni), which hold for all m
+        sentences together, so "no sentence of this kind has an effect" may be read from
+        them.
+        """
+        check_option(adjust, AdjustMethod, "adjust")
+        tested = [(r, r.resampling) for r in self.records if r.resampling is not None]
+        if not tested:
+            raise ValueError("no record has rollouts in both conditions; run resampling")
+        adjusted = adjust_pvalues([c.p_value for _, c in tested], method=adjust)
+        rows = []
+        for (record, marginal), p_adjusted in zip(tested, adjusted, strict=True):
+            counts = (record.k_kept, record.n_kept, record.k_replaced, record.n_replaced)
+            joint = two_proportions(
+                *map(int, counts),  # type: ignore[arg-type]  # set: both conditions ran
+                confidence=1 - (1 - record.confidence) / len(tested),
+            ).difference
+            rows.append(
+                {
+                    "trace_id": record.trace_id,
+                    "sentence": record.sentence,
+                    "text": record.text,
+                    "delta": marginal.difference.estimate,
+                    "delta_low": marginal.difference.low,
+                    "delta_high": marginal.difference.high,
+                    "p_value": marginal.p_value,
+                    "p_adjusted": float(p_adjusted),
+                    "joint_low": joint.low,
+                    "joint_high": joint.high,
+                }
+            )
+        return pd.DataFrame(rows)
 
     def study_accuracy(self) -> float:
         """The PTS study's "accuracy": the share of anchors (``|Δ| ≥ 0.2``) with Δ > 0.

@@ -123,6 +123,7 @@ def batch_logits(
     rows: Sequence[Sequence[int]] | None = None,
     batch_size: int | None = None,
     progress: bool | None = None,
+    method: Method = "auto",
 ) -> Float[Tensor, "batch row vocab"]:
     """Logits of right-padded ``traces``, with the intervention if given.
 
@@ -132,17 +133,30 @@ def batch_logits(
     trace i is then ``rows[i][r]``; shorter lists are padded by repeating their last
     position. Default: every position, ``[batch, pos, vocab]``, padded positions NaN.
     ``batch_size``: traces per forward pass (default: all in one).
+    ``method``: as in :func:`answer_logprob`: ``"fast"`` runs no intervention or an
+    attention knockout without any ``[T × T]`` matrix; ``"auto"`` takes it from
+    ``rc.attention.AUTO_FAST_TOKENS`` tokens when it can.
     """
     trace_list = as_traces(traces)
     check_traces(model, trace_list, what="batch_logits")
+    check_option(method, Method, "method")
     if rows is not None and (len(rows) != len(trace_list) or any(len(r) == 0 for r in rows)):
         raise ValueError("rows needs one non-empty list of positions per trace")
+    fast = _fast_knockout.use_fast(model, method, max(map(len, trace_list)), intervention)
     parts: list[tuple[list[int], Tensor]] = []
     for indices, chunk in batches(
         trace_list, batch_size or len(trace_list), desc="logits", progress=progress
     ):
         chunk_rows = None if rows is None else [rows[i] for i in indices]
-        parts.append((indices, _logits_one_batch(model, chunk, intervention, chunk_rows)))
+        if fast and chunk_rows is None:  # every position
+            every = [range(max(map(len, chunk)))] * len(chunk)
+            logits = _logits_one_batch(model, chunk, intervention, every, fast=True)
+        else:
+            logits = _logits_one_batch(model, chunk, intervention, chunk_rows, fast=fast)
+        if chunk_rows is None:
+            for row, trace in enumerate(chunk):
+                logits[row, len(trace) :] = float("nan")  # padding: no logits there
+        parts.append((indices, logits))
     if len(parts) == 1 and parts[0][0] == list(range(len(trace_list))):
         return parts[0][1]
     width = max(p.shape[1] for _, p in parts)

@@ -464,6 +464,10 @@ def test_computing_steps_are_anchors_and_fillers_are_not_over_50_problems(reason
     no_effect_holm, contains_zero = _fillers_without_effect(fillers)
     assert len(fillers) >= 10
     assert no_effect_holm == contains_zero == len(fillers)
+    table = AnchorSet(tuple(fillers)).resampling_tests()  # the same through the public API
+    assert (table.p_adjusted > 0.05).all() and (
+        (table.joint_low <= 0) & (table.joint_high >= 0)
+    ).all()
 
 
 def test_a_second_writer_is_refused_before_it_touches_the_file(tmp_path):
@@ -495,3 +499,36 @@ def test_the_docs_snippet_runs_as_written(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert "most important by removal: c=j+7=8+7=5." in printed  # the last step (the doc)
     assert (tmp_path / "anchors.jsonl").is_file()
+
+
+def test_resampling_tests_adjust_over_the_sets_sentences():
+    """Holm by hand on three sentences, Bonferroni joint intervals at 1 - 0.05/3, and the
+    sentence without rollouts left out (m counts only the tested ones)."""
+    counts = [(10, 20, 16, 20), (20, 20, 2, 20), (10, 20, 11, 20)]
+    records = [
+        SentenceImportance("t", i, f"s{i}", i, i + 1, k_kept=a, n_kept=b, k_replaced=c,
+                           n_replaced=d)
+        for i, (a, b, c, d) in enumerate(counts)
+    ] + [SentenceImportance("t", 3, "s3", 3, 4, removal_logprob=-1.0, logprob=-0.5)]  # fmt: skip
+    table = AnchorSet(tuple(records)).resampling_tests()
+    assert list(table["sentence"]) == [0, 1, 2]
+    p = [rc.stats.two_proportions(*c).p_value for c in counts]
+    order = np.argsort(p)
+    holm = np.empty(3)
+    running = 0.0
+    for rank, i in enumerate(order):  # Holm: (m - rank) * p, made monotone, capped at 1
+        running = max(running, min(1.0, (3 - rank) * p[i]))
+        holm[i] = running
+    np.testing.assert_allclose(table["p_adjusted"], holm)
+    for row, c in zip(table.itertuples(), counts, strict=True):
+        joint = rc.stats.two_proportions(*c, confidence=1 - 0.05 / 3).difference
+        assert (row.joint_low, row.joint_high) == pytest.approx((joint.low, joint.high))
+        assert row.joint_low <= row.delta_low <= row.delta <= row.delta_high <= row.joint_high
+    # the first sentence: excluded by its marginal interval, not by the joint one
+    assert table.delta_high[0] < 0 < table.joint_high[0]
+    bonferroni = AnchorSet(tuple(records)).resampling_tests(adjust="bonferroni")
+    np.testing.assert_allclose(bonferroni["p_adjusted"], np.minimum(1, 3 * np.asarray(p)))
+    with pytest.raises(ValueError, match="did you mean 'holm'"):
+        AnchorSet(tuple(records)).resampling_tests(adjust="hlom")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="run resampling"):
+        AnchorSet(tuple(records[3:])).resampling_tests()

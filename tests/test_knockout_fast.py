@@ -327,3 +327,38 @@ def test_bfloat16_models_run_the_fast_paths(make):
     np.testing.assert_allclose(kl16, kl32, atol=0.02, rtol=0)
     np.testing.assert_allclose(prof16.masses, prof32.masses, atol=2e-3, rtol=0)
     np.testing.assert_allclose(prof16.entropies, prof32.entropies, atol=2e-3, equal_nan=True)
+
+
+def test_batch_logits_takes_the_fast_path_for_a_knockout_and_pads_with_nan(lively_qwen):
+    """``batch_logits(method="fast")`` gives the hook path's logits (every position, or chosen
+    rows, a knockout or none), and both paths put NaN at the padding of shorter traces."""
+    tok = lively_qwen.tokenizer
+    traces = [
+        Trace.from_parts("What is 2+3? ", "\nWe add. 2+3=5. Done.\n", " The answer is 5.", tok),
+        Trace.from_parts("Sum 2 and 30? ", "\nAdd them up now. 2+30=32.\n", " It is 32.", tok),
+    ]
+    knockout = HeadIntervention([(0, 1), (1, 3)], "knockout", query="answer", key="reasoning")
+    short = min(len(t) for t in traces)
+    for intervention in (None, knockout):
+        fast = rc.metrics.batch_logits(lively_qwen, traces, intervention, method="fast")
+        hooked = rc.metrics.batch_logits(lively_qwen, traces, intervention, method="pattern")
+        for logits in (fast, hooked):
+            assert torch.isnan(logits[0, short:]).all() and not torch.isnan(logits[0, :short]).any()
+        real = ~torch.isnan(hooked)
+        assert torch.equal(real, ~torch.isnan(fast))
+        torch.testing.assert_close(fast[real], hooked[real], atol=1e-4, rtol=0)
+        rows = [[3, len(t) - 1] for t in traces]
+        chosen = rc.metrics.batch_logits(
+            lively_qwen, traces, intervention, rows=rows, method="fast"
+        )
+        for i, r in enumerate(rows):
+            torch.testing.assert_close(chosen[i], hooked[i, r], atol=1e-4, rtol=0)
+    plain = rc.metrics.batch_logits(lively_qwen, traces, method="fast")
+    ablated = rc.metrics.batch_logits(lively_qwen, traces, knockout, method="fast")
+    answer = traces[0]["answer"].slice
+    assert (plain[0, answer] - ablated[0, answer]).abs().max() > 1e-2  # the knockout acts
+    with pytest.raises(ValueError, match="did you mean 'fast'"):
+        rc.metrics.batch_logits(lively_qwen, traces, method="fsat")  # type: ignore[arg-type]
+    zero = HeadIntervention([(0, 1)], "zero", positions="answer")
+    with pytest.raises(ValueError, match="only attention knockouts"):
+        rc.metrics.batch_logits(lively_qwen, traces, zero, method="fast")
