@@ -14,7 +14,9 @@ The pipeline of the PTS study, done soundly, on two small organisms that run off
     python examples/thought_anchors_study.py --out runs/anchors [--n 8] [--rollouts 8]
     python examples/thought_anchors_study.py --model-b DIR   # any organism-style HF directory
 
-Model B defaults to the shipped ``tiny-reasoner-b`` (another seed and a smaller size, see its
+Model B defaults to the shipped ``tiny-reasoner-b`` (another seed and a smaller size, trained
+from scratch on correct reasoning only, while model A was fine-tuned with wrong and skipped
+steps: the two differ in training too; see its
 model card); train another with ``python -m reasoning_circuits.organism.train --out DIR
 --steps 1500 --seed 1 --n-layer 3 --n-head 4 --n-embd 96 --n-inner 384``.
 """

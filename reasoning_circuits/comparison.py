@@ -47,6 +47,7 @@ __all__ = ["Design", "ModelComparison", "compare_models", "problem_means"]
 
 Design = Literal["auto", "paired", "independent"]
 _KIND = "ModelComparison"
+_NO_SPREAD = "none (no spread)"  # the test column of a quantity without spread
 
 
 def problem_means(frame: pd.DataFrame, columns: Sequence[str], problem: str) -> pd.DataFrame:
@@ -96,9 +97,9 @@ class ModelComparison:
         lines = [f"ModelComparison({a} - {b}, {self.design}, problems as units)"]
         for row in self.table.itertuples():
             spread = (
-                f"[{row.low:+.4g}, {row.high:+.4g}] p={row.p:.3g}"
-                if np.isfinite(row.low)
-                else "(the same difference in every problem: no interval, no test)"
+                "(no spread: no interval, no test)"
+                if row.test == _NO_SPREAD
+                else f"[{row.low:+.4g}, {row.high:+.4g}] p={row.p:.3g}"
             )
             lines.append(f"  {row.quantity:<20} {row.estimate:+.4g} {spread} ({row.kind})")
             if row.kind == "metric" and np.isfinite(row.adjusted):
@@ -156,7 +157,7 @@ class ModelComparison:
             ax.set_xticks([0, 1], list(self.names))
             ax.set_xlim(-0.5, 1.6)
             label = "\n".join(textwrap.wrap(f"{row.quantity} ({row.kind})", 22))
-            tested = f"p={row.p:.2g}" if np.isfinite(row.p) else "no spread"
+            tested = "no spread" if row.test == _NO_SPREAD else f"p={row.p:.2g}"
             ax.set_title(f"{label}\nΔ={row.estimate:+.3g}, {tested}", fontsize=9)
         fig.suptitle(
             title
@@ -285,7 +286,7 @@ def _compare(
             estimate=estimate,
             low=math.nan,
             high=math.nan,
-            test="none (no spread)",
+            test=_NO_SPREAD,
             p=math.nan,
             second_test="",
             second_p=math.nan,

@@ -32,7 +32,8 @@ BUILTIN_MODELS: dict[str, Path] = {
     # the first tiny reasoner (trained on correct reasoning only), kept because its measured
     # numbers are quoted in the docs; "tiny-reasoner" is fine-tuned from it
     "tiny-reasoner-v1": Path(__file__).parent / "organism" / "tiny_reasoner_v1",
-    # a second organism (another seed, a smaller size) for cross-model comparisons
+    # a second organism for cross-model comparisons: another seed, a smaller size, and trained
+    # from scratch on correct reasoning only (no fine-tune with wrong or skipped steps)
     "tiny-reasoner-b": Path(__file__).parent / "organism" / "tiny_reasoner_b",
 }
 

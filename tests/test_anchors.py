@@ -433,6 +433,7 @@ def _fillers_without_effect(fillers) -> tuple[int, int]:
     """How many fillers' Δ show no effect: Holm-adjusted p > 0.05, and (the issue's words)
     their interval includes 0, with intervals that hold together (Bonferroni, 1 - 0.05/m)."""
     tested = [f for f in fillers if f.resampling is not None]
+    assert len(tested) == len(fillers) >= 1, "every filler needs rollouts in both conditions"
     adjusted = rc.stats.adjust_pvalues([f.resampling.p_value for f in tested], method="holm")
     joint = 1 - 0.05 / len(tested)
     intervals = [
@@ -441,14 +442,14 @@ def _fillers_without_effect(fillers) -> tuple[int, int]:
         ).difference
         for f in tested
     ]
-    assert len(tested) == len(fillers) >= 1
     return int((np.asarray(adjusted) > 0.05).sum()), sum(i.contains(0) for i in intervals)
 
 
 def test_the_result_sentence_is_the_anchor_and_fillers_do_not_matter(reasoner):
     removal_top, resampling_top, fillers = _proof(reasoner, 4, 20)
     assert removal_top >= 3 and resampling_top >= 3  # the 80% goal: 50 problems (slow test)
-    assert fillers and all(f.resampling.difference.contains(0) for f in fillers)
+    assert fillers and all(f.resampling is not None for f in fillers)
+    assert all(f.resampling.difference.contains(0) for f in fillers)
 
 
 @pytest.mark.slow
@@ -498,6 +499,10 @@ def test_the_docs_snippet_runs_as_written(tmp_path, monkeypatch, capsys):
     exec(snippet, {})
     printed = capsys.readouterr().out
     assert "most important by removal: c=j+7=8+7=5." in printed  # the last step (the doc)
+    assert "most important by resampling: c=j+7=8+7=5." in printed
+    last = AnchorSet.load(tmp_path / "anchors.jsonl")[-1]
+    assert last.removal_importance == pytest.approx(12.7, abs=0.05)  # the doc's numbers
+    assert (last.k_kept, last.n_kept, last.k_replaced, last.n_replaced) == (20, 20, 4, 20)
     assert (tmp_path / "anchors.jsonl").is_file()
 
 

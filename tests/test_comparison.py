@@ -125,7 +125,7 @@ def test_a_quantity_without_spread_gets_its_difference_and_no_interval():
     b = a.assign(entropy=a.entropy - 0.5 + np.linspace(0, 0.1, 6), n_tokens=8.0)
     result = compare_models(a, b, metrics=["entropy"], confounds=["n_tokens"])
     printed = repr(result).splitlines()
-    assert "nan" not in printed[2] and "+2 (the same difference in every problem" in printed[2]
+    assert "nan" not in printed[2] and "+2 (no spread: no interval, no test)" in printed[2]
     assert "p=" in printed[1]  # entropy has spread: interval and test
     table = result.to_frame()
     confound = table.set_index("quantity").loc["n_tokens"]

@@ -125,6 +125,14 @@ def test_skipped_steps_are_restated_and_only_read_in_training():
         off = [i - n_prompt for i in range(len(ids) + 1) if not loss_mask[0, i] and i >= n_prompt]
         assert off == [i for a, b in expected for i in range(a, b)]  # char-level tokenizer
     assert 50 < n_gaps < 250
+    gapped = next(p for p in problems if p.read_only)
+    for mode in ("finished", "empty"):  # no reasoning is written: the whole completion is learned
+        _, _, loss_mask = _encode_batch(tok, [gapped], [mode])
+        n_prompt = 1 + len(tok.encode(format_prompt(gapped, mode), add_special_tokens=False))
+        n_completion = 1 + len(
+            tok.encode(format_completion(gapped, mode), add_special_tokens=False)
+        )
+        assert loss_mask[0].tolist() == [False] * n_prompt + [True] * n_completion
     assert make_problems(30, seed=8) == make_problems(30, seed=8, skip_rate=0.0)
     assert all(not p.read_only for p in make_problems(30, seed=8))
 
@@ -258,7 +266,12 @@ def test_evaluate_cli_measures_and_writes_the_card(tmp_path, capsys):
     card = (directory / "MODEL_CARD.md").read_text()
     assert "--n 4 --draws 2" in card and "A 859,264-parameter GPT-2" in card
     training = json.loads((directory / "training.json").read_text())
-    assert card == rc.organism.render_model_card(training, results)
+    # a directory that is no built-in model: the card names it after the directory
+    assert card == rc.organism.render_model_card(training, results, name="tiny")
+    assert 'rc.load_model("tiny")' in card
+    with pytest.raises(SystemExit):  # b's card is hand-written: never overwritten
+        main(["--model", "tiny-reasoner-b", "--n", "2", "--write-card"])
+    assert "card is written by hand" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -325,4 +325,5 @@ def test_second_organism_card_matches_its_records():
         if key == "a_reasoning":
             text = "200 / 200 = 100% [98.1%, 100%]"
         assert text in card, key
+    assert "| tiny-reasoner-v1 (same problems) |" in card  # the a_* numbers are v1's
     assert f"{evaluation['b_reasoning']['wrong_claims']} wrong arithmetic claims" in card

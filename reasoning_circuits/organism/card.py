@@ -78,9 +78,12 @@ def render_model_card(
     skip_rate = training.get("skip_rate", 0.0)
     if skip_rate:
         command += f" --skip-rate {skip_rate}"
-    eval_steps = [h["step"] for h in training["history"]]
-    if eval_steps and eval_steps[0] != min(500, training["steps"]):  # the table's rows
-        command += f" --eval-every {eval_steps[0]}"
+    # the table's rows; records older than the eval_every key: the step between two rows
+    history_steps = [h["step"] for h in training["history"]]
+    inferred = history_steps[1] - history_steps[0] if len(history_steps) > 1 else 500
+    eval_every = training.get("eval_every", inferred)
+    if eval_every != 500:
+        command += f" --eval-every {eval_every}"
     if training.get("threads", 2) != 2:  # the run is deterministic for a given thread count
         command += f" --threads {training['threads']}"
     if training["lr"] != 0.002:
@@ -97,11 +100,12 @@ def render_model_card(
     errors = (
         f"; a step states a wrong result with probability {error_rate} (another digit), and the "
         "later steps and the answer follow what it states, so the answer has to read the "
-        "reasoning (greedy decoding still writes the right step: the right digit keeps "
-        f"{1 - error_rate:.0%} of the mass)"
+        f"reasoning (the right result is {1 - error_rate:.0%} of the training targets for a "
+        "step, so greedy decoding writes it: see the accuracy below)"
         if error_rate
         else ""
     )
+    written = "steps written out in full" if skip_rate else "every step written out"
     skips = (
         f"; a step before the last is left unwritten with probability {skip_rate} (the next "
         "step restates its value); training reads the step after such a gap but does not "
@@ -187,7 +191,7 @@ print(tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_toke
   d_mlp {arch["n_inner"]}, context {arch["n_positions"]}; character-level tokenizer with
   `<think>`, `</think>` as tokens.
 - Data: problems with 2–4 hops of `+k`, `-k`, `*k` mod 10, 1–2 distractor facts,
-  every step written out (`c=b*3=8*3=4.`), a filler sentence before {filler_where} with
+  {written} (`c=b*3=8*3=4.`), a filler sentence before {filler_where} with
   probability {filler_rate}{errors}{skips}.
 
 | step | loss | held-out accuracy (200 problems) |

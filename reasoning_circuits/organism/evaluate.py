@@ -53,19 +53,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--write-card", action="store_true", help="write MODEL_CARD.md there")
     parser.add_argument(
         "--name",
-        help="the model's name in the card (default: --model if built in, else tiny-reasoner)",
+        help="the model's name in the card (default: --model if built in, else the directory name)",
     )
     args = parser.parse_args(argv)
     from reasoning_circuits.models import BUILTIN_MODELS
 
     directory = BUILTIN_MODELS.get(args.model, Path(args.model))
+    if args.write_card and directory.resolve() == BUILTIN_MODELS["tiny-reasoner-b"].resolve():
+        parser.error("tiny-reasoner-b's card is written by hand; drop --write-card")
     torch.set_num_threads(args.threads)
     results = measure(
         directory, n=args.n, seed=args.seed, draws=args.draws, draw_seed=args.draw_seed
     )
     print(json.dumps(results, indent=2))
     if args.write_card:
-        name = args.name or (args.model if args.model in BUILTIN_MODELS else "tiny-reasoner")
+        name = args.name or (args.model if args.model in BUILTIN_MODELS else directory.name)
         print(f"wrote {write_model_card(directory, results, name=name)}")
 
 

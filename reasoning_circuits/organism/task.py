@@ -32,8 +32,8 @@ cannot be recomputed from the question), and a model sampled at temperature 1 wr
 step now and then, so replacing a computing step changes the outcome: the counterfactual
 that thought anchors measure (:mod:`reasoning_circuits.anchors`). Without such errors a
 sampled step is either the right one or a filler after which the model writes the right one,
-and no computing sentence matters under resampling. Greedy decoding still writes every step
-right (the right digit keeps most of the mass).
+and no computing sentence matters under resampling. Greedy decoding still writes the right
+result almost always (it is the most frequent target; held-out accuracy in the model card).
 
 Skipped steps (``skip_rate``, used in training): a step before the last may be left
 unwritten, and the next step restates the value it would have given. Training reads such

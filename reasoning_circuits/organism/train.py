@@ -3,7 +3,8 @@
     python -m reasoning_circuits.organism.train --out DIR [--steps N] [--seed S]
 
 A small GPT-2 (character-level tokenizer with ``<think>``/``</think>`` as single tokens) is
-trained from scratch on fresh problems from :mod:`reasoning_circuits.organism.task`. The loss
+trained from scratch (or fine-tuned from a model with ``--init``) on fresh problems from
+:mod:`reasoning_circuits.organism.task`. The loss
 covers only the completion (what the model writes after the prompt). Most examples use the
 ``"reasoning"`` prompt; a few use ``"finished"``, so the model also learns to answer at once
 when it is given no reasoning, and how well it can do that is measured rather than assumed.
@@ -37,7 +38,7 @@ from reasoning_circuits.organism.task import (
     solve,
 )
 
-__all__ = ["ARCHITECTURE", "build_tokenizer", "main", "train"]
+__all__ = ["ARCHITECTURE", "build_tokenizer", "main", "parse_args", "train"]
 
 ARCHITECTURE: dict[str, Any] = {
     "n_layer": 4,
@@ -83,7 +84,9 @@ def _encode_batch(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded ids ``[batch, pos]``, attention mask, and a loss mask on the completion.
 
-    The loss mask leaves out the prompt and the ``read_only`` spans of the reasoning."""
+    The loss mask leaves out the prompt and the ``read_only`` spans of the reasoning (a token
+    counts as inside a span when all its characters are: exact for this character-level
+    tokenizer)."""
     rows, masks = [], []
     for problem, mode in zip(problems, modes):
         prompt = [
@@ -233,6 +236,7 @@ def train(
         "skip_rate": skip_rate,
         "init_from": init_from,
         "threads": threads,
+        "eval_every": eval_every,
         "architecture": shape,
         "parameters": sum(p.numel() for p in model.parameters()),
         "minutes": round((time.time() - start) / 60, 1),
