@@ -1,9 +1,9 @@
 """Long traces: time and peak memory of the fast and pattern attention profiles vs plain SDPA.
 
 Model: Qwen2-1.5B's widths (d_model 1536, 12 query heads, 2 key/value heads, head dim 128,
-MLP 8960) with 2 layers instead of 28 and a 1,024-token vocabulary instead of 151,936 (random
-weights, float32, CPU), so that it runs on a 2-core machine; attention and MLP cost per layer
-are those of the real model. Variants, each in its own process on the same tokens:
+MLP 8960) with 2 layers instead of 28 (``--layers 28`` for the real depth) and a 1,024-token
+vocabulary instead of 151,936 (random weights, float32, CPU), so that it runs on a 2-core
+machine; attention and MLP cost per layer are those of the real model. Variants, each in its own process on the same tokens:
 
 * ``sdpa``     the model's Hugging Face modules with transformers' SDPA attention up to the
   last layer's attention (the floor: the forward a profile of every layer needs; the fast
@@ -22,6 +22,7 @@ the resident set after building the model, before the timed run. One thread
 process CPU time is reported, which other jobs on the machine disturb much less.
 
     python benchmarks/bench_long_traces.py [--tokens 2048 4096 8192] [--pattern-max 8192]
+        [--layers 2] [--variants sdpa fast ...]
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def _trace(rc, tokenizer, n_tokens: int):
     return rc.Trace.from_ids(ids[:cut] + ids[close:], tokenizer)
 
 
-def child(variant: str, n_tokens: int, repeats: int) -> None:
+def child(variant: str, n_tokens: int, repeats: int, n_layers: int) -> None:
     sys.path.insert(0, str(ROOT))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -78,13 +79,14 @@ def child(variant: str, n_tokens: int, repeats: int) -> None:
 
     torch.set_num_threads(1)
     torch.set_grad_enabled(False)
-    model = rc.testing.qwen2(**SPEC)
+    spec = {**SPEC, "n_layers": n_layers}
+    model = rc.testing.qwen2(**spec)
     trace = _trace(rc, model.tokenizer, n_tokens)
     assert len(trace) == n_tokens, len(trace)
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    last = SPEC["n_layers"] - 1
+    last = n_layers - 1
 
     def floor(module, *args, **kwargs):
         out = sdpa_attention_forward(module, *args, **kwargs)
@@ -94,7 +96,7 @@ def child(variant: str, n_tokens: int, repeats: int) -> None:
 
     AttentionInterface.register("bench_sdpa_floor", floor)
     shadow = _fast_attention.hf_shadow(model, "bench_sdpa_floor")
-    cells = [(layer, head) for layer in range(SPEC["n_layers"]) for head in range(SPEC["n_heads"])]
+    cells = [(layer, head) for layer in range(n_layers) for head in range(SPEC["n_heads"])]
     knockout = rc.HeadIntervention(cells, "knockout", query="answer", key="reasoning")
     base = _rss_gb()
 
@@ -130,10 +132,13 @@ def main() -> None:
     )
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per variant (min)")
+    parser.add_argument(
+        "--layers", type=int, default=SPEC["n_layers"], help="model depth (Qwen2-1.5B: 28)"
+    )
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child[0], int(args.child[1]), args.repeats)
+        child(args.child[0], int(args.child[1]), args.repeats, args.layers)
         return
     rows = []
     for n_tokens in args.tokens:
@@ -141,7 +146,8 @@ def main() -> None:
         for variant in args.variants:
             if variant in PATTERN_VARIANTS and n_tokens > args.pattern_max:
                 continue
-            command = [sys.executable, __file__, "--repeats", str(args.repeats), "--child"]
+            command = [sys.executable, __file__, "--repeats", str(args.repeats)]
+            command += ["--layers", str(args.layers), "--child"]
             out = subprocess.run(
                 [*command, variant, str(n_tokens)], capture_output=True, text=True, check=True
             )
