@@ -3,7 +3,8 @@
 Model: Qwen2-1.5B's widths (d_model 1536, 12 query heads, 2 key/value heads, head dim 128,
 MLP 8960) with 2 layers instead of 28 (``--layers 28`` for the real depth) and a 1,024-token
 vocabulary instead of 151,936 (random weights, float32, CPU), so that it runs on a 2-core
-machine; attention and MLP cost per layer are those of the real model. Variants, each in its own process on the same tokens:
+machine; attention and MLP cost per layer are those of the real model. Variants, each in its
+own process on the same tokens:
 
 * ``sdpa``     the model's Hugging Face modules with transformers' SDPA attention up to the
   last layer's attention (the floor: the forward a profile of every layer needs; the fast
