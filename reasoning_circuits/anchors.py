@@ -393,11 +393,14 @@ class SentenceImportance:
     @property
     def resampling(self) -> Comparison | None:
         """``Δ = P(kept) - P(replaced)``: Newcombe interval and Fisher's exact test."""
+        return self._resampling(self.confidence)
+
+    def _resampling(self, confidence: float) -> Comparison | None:
         if not self.n_kept or not self.n_replaced:
             return None
         assert self.k_kept is not None and self.k_replaced is not None
         return two_proportions(
-            self.k_kept, self.n_kept, self.k_replaced, self.n_replaced, confidence=self.confidence
+            self.k_kept, self.n_kept, self.k_replaced, self.n_replaced, confidence=confidence
         )
 
     @property
@@ -604,11 +607,8 @@ class AnchorSet:
         adjusted = adjust_pvalues([c.p_value for _, c in tested], method=adjust)
         rows = []
         for (record, marginal), p_adjusted in zip(tested, adjusted, strict=True):
-            counts = (record.k_kept, record.n_kept, record.k_replaced, record.n_replaced)
-            joint = two_proportions(
-                *map(int, counts),  # type: ignore[arg-type]  # set: both conditions ran
-                confidence=1 - (1 - record.confidence) / len(tested),
-            ).difference
+            joint = record._resampling(1 - (1 - record.confidence) / len(tested))
+            assert joint is not None  # both conditions ran
             rows.append(
                 {
                     "trace_id": record.trace_id,
@@ -619,8 +619,8 @@ class AnchorSet:
                     "delta_high": marginal.difference.high,
                     "p_value": marginal.p_value,
                     "p_adjusted": float(p_adjusted),
-                    "joint_low": joint.low,
-                    "joint_high": joint.high,
+                    "joint_low": joint.difference.low,
+                    "joint_high": joint.difference.high,
                 }
             )
         return pd.DataFrame(rows)
