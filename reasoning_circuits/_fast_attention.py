@@ -51,6 +51,10 @@ __all__ = ["LayerRows", "fast_path_problem", "hf_shadow", "row_gini", "run_row_s
 IMPLEMENTATION = "reasoning_circuits_profile"
 _GINI_ELEMENTS = 2**20  # scores per block for the Gini sort (4 MB of float32, x ~3 for the sort)
 _MASK_ELEMENTS = 2**22  # rows x keys per block of restricted query rows
+# Blockwise pass over every row: keys per chunk, and scores per block (2 MB of float32, so that
+# a block's scores and exponentials stay in the cache between passes; measured best on CPU)
+_KEY_CHUNK = 512
+_BLOCK_ELEMENTS = 2**19
 _REFUSED_KWARGS = ("sliding_window", "softcap", "s_aux", "sinks", "position_bias")
 
 
@@ -204,7 +208,7 @@ def _layer_statistics(
     """Run one layer's attention, hand its per-row statistics to ``plan.on_layer`` and return
     the attention output ``[batch, head, pos, d]``. ``k`` and ``v`` have the model's key/value
     heads (fewer than ``q``'s with grouped-query attention)."""
-    batch, n_heads, n_pos, d = q.shape
+    n_heads, n_pos = q.shape[1], q.shape[2]
     dtype = q.dtype
     q, k, v = q.float(), k.float(), v.float()
     n_rep = n_heads // k.shape[1]
@@ -216,32 +220,121 @@ def _layer_statistics(
         row_mass, entropy, gini = _restricted_rows(plan, q, k, scale)
         plan.on_layer(layer, LayerRows(row_mass=row_mass, entropy=entropy, gini=gini))
         return output.to(dtype)
-    # Every row and head: one fused call per key/value head gives the model's output, the row
-    # masses and the attention-weighted keys of the query heads that share it.
-    n_parts = plan.onehot.shape[-1]
-    output = q.new_empty(batch, n_heads, n_pos, d)
-    row_mass = q.new_empty(batch, n_heads, n_pos, n_parts)
-    entropy = q.new_empty(batch, n_heads, n_pos) if plan.entropy else None
-    onehot = plan.onehot.expand(batch, 1, n_pos, n_parts)
-    for g in range(k.shape[1]):
-        heads = slice(g * n_rep, (g + 1) * n_rep)
-        kg, qg = k[:, g : g + 1], q[:, heads]
-        values = torch.cat(
-            [v[:, g : g + 1], onehot, kg] if plan.entropy else [v[:, g : g + 1], onehot], -1
-        )
-        fused, lse = _attend(
-            qg, kg.expand(-1, n_rep, -1, -1), values.expand(-1, n_rep, -1, -1), scale, None
-        )
-        output[:, heads] = fused[..., :d]
-        row_mass[:, heads] = fused[..., d : d + n_parts]
-        if entropy is not None:
-            weighted_keys = fused[..., d + n_parts : 2 * d + n_parts]
-            entropy[:, heads] = lse - scale * (qg * weighted_keys).sum(-1)
+    # Every row and head: one blockwise pass gives the model's output, the row masses and the
+    # entropies of all query heads.
+    output, row_mass, entropy = _attend_with_statistics(
+        q, k, v, plan.onehot, scale, entropy=plan.entropy
+    )
     gini = None
     if plan.gini:
         gini = _gini_rows(q, _expand_kv(k, n_rep), scale, torch.arange(n_pos, device=q.device))
     plan.on_layer(layer, LayerRows(row_mass=row_mass, entropy=entropy, gini=gini))
     return output.to(dtype)
+
+
+def _attend_with_statistics(
+    q: Float[Tensor, "batch head pos d"],
+    k: Float[Tensor, "batch kv_head pos d"],
+    v: Float[Tensor, "batch kv_head pos dv"],
+    onehot: Float[Tensor, "batch 1 pos part"],
+    scale: float,
+    *,
+    entropy: bool,
+) -> tuple[
+    Float[Tensor, "batch head pos dv"],
+    Float[Tensor, "batch head pos part"],
+    Float[Tensor, "batch head pos"] | None,
+]:
+    """Causal attention of every row and head, with each row's mass on every part and its
+    entropy (nats), in one blockwise pass (online softmax) that never holds a ``[T × T]``
+    matrix.
+
+    The scores ``q·kᵀ`` are computed once, at the head width. For each block of query rows and
+    chunk of keys, the exponentiated scores ``e = exp(s − m)`` (``m`` the row's running
+    maximum) are multiplied with ``[v | one-hot parts | 1]`` (output, masses and the
+    normaliser ``l = Σ e`` in one matrix product), and ``Σ e·(s − m)`` is accumulated for the
+    entropy ``H = log l − Σ e·(s − m) / l``. When a later chunk raises the maximum from ``m``
+    to ``m'``, the sums so far are rescaled by ``α = exp(m − m')`` (and the entropy sum also
+    shifts by ``(m − m')·l``). Query heads that share a key/value head are stacked in one
+    matrix product. Future keys are filled with the lowest finite float, not ``-inf``, so that
+    ``0 · s`` stays 0.
+    """
+    batch, n_heads, n_pos, d = q.shape
+    n_groups, dv, n_parts = k.shape[1], v.shape[-1], onehot.shape[-1]
+    n_rep = n_heads // n_groups
+    stacks = batch * n_groups
+    # [stack, pos * rep, d]: positions outermost, so that a block of positions is a slice
+    queries = (q * scale).reshape(batch, n_groups, n_rep, n_pos, d).transpose(2, 3)
+    queries = queries.reshape(stacks, n_pos * n_rep, d)
+    keys = k.reshape(stacks, n_pos, d)
+    used = dv + n_parts + 1
+    width = -(-used // 16) * 16  # a multiple of 16: faster matrix products
+    values = torch.cat(
+        [
+            v,
+            onehot.expand(batch, n_groups, n_pos, n_parts),
+            q.new_ones(batch, n_groups, n_pos, 1),
+            q.new_zeros(batch, n_groups, n_pos, width - used),
+        ],
+        -1,
+    ).reshape(stacks, n_pos, width)
+    chunk = min(_KEY_CHUNK, n_pos)
+    step = max(1, _BLOCK_ELEMENTS // (chunk * stacks * n_rep))  # positions per block of rows
+    scores_buffer = q.new_empty(stacks * min(step, n_pos) * n_rep * chunk)
+    weights_buffer = torch.empty_like(scores_buffer)
+    sums = q.new_empty(stacks, n_pos * n_rep, width)
+    entropy_sums = q.new_empty(stacks, n_pos * n_rep) if entropy else None
+    lowest = torch.finfo(q.dtype).min
+    positions = torch.arange(n_pos, device=q.device)
+    for r0 in range(0, n_pos, step):
+        r1 = min(n_pos, r0 + step)
+        rows = slice(r0 * n_rep, r1 * n_rep)
+        n_rows = (r1 - r0) * n_rep
+        block_queries = queries[:, rows]
+        acc = e_sum = running_max = block_queries.new_empty(0)  # set by the first chunk
+        for c0 in range(0, r1, chunk):
+            c1 = min(r1, c0 + chunk)
+            size = stacks * n_rows * (c1 - c0)
+            scores = scores_buffer[:size].view(stacks, n_rows, c1 - c0)
+            torch.bmm(block_queries, keys[:, c0:c1].transpose(1, 2), out=scores)
+            if c1 > r0:  # the chunk reaches the block's own positions: hide future keys
+                lo = max(r0, c0)
+                future = positions[lo:c1][None, :] > positions[r0:r1, None]
+                scores.view(stacks, r1 - r0, n_rep, c1 - c0)[..., lo - c0 :].masked_fill_(
+                    future[:, None, :], lowest
+                )
+            chunk_max = scores.amax(-1, keepdim=True)
+            # the first chunk holds key 0, which every row sees: its maximum is finite
+            new_max = chunk_max if c0 == 0 else torch.maximum(running_max, chunk_max)
+            scores.sub_(new_max)
+            weights = torch.exp(scores, out=weights_buffer[:size].view_as(scores))
+            chunk_values = values[:, c0:c1]
+            if c0 == 0:
+                acc = torch.bmm(weights, chunk_values)
+                if entropy_sums is not None:
+                    e_sum = torch.linalg.vecdot(weights, scores)[..., None]
+            else:
+                alpha = torch.exp(running_max - new_max)
+                if entropy_sums is not None:
+                    normaliser = acc[..., used - 1 : used]
+                    e_sum = alpha * (e_sum + (running_max - new_max) * normaliser)
+                    e_sum += torch.linalg.vecdot(weights, scores)[..., None]
+                acc.mul_(alpha).baddbmm_(weights, chunk_values)
+            running_max = new_max
+        sums[:, rows] = acc
+        if entropy_sums is not None:
+            normaliser = acc[..., used - 1]
+            entropy_sums[:, rows] = normaliser.log() - e_sum[..., 0] / normaliser
+
+    def heads_first(t: Tensor) -> Tensor:
+        shape = t.shape[2:]
+        t = t.reshape(batch, n_groups, n_pos, n_rep, *shape).transpose(2, 3)
+        return t.reshape(batch, n_heads, n_pos, *shape)
+
+    result = heads_first(sums)
+    normalised = result[..., : dv + n_parts] / result[..., used - 1 : used]
+    row_entropy = None if entropy_sums is None else heads_first(entropy_sums)
+    return normalised[..., :dv], normalised[..., dv:], row_entropy
 
 
 def _expand_kv(t: Tensor, n_rep: int) -> Tensor:

@@ -92,8 +92,8 @@ def test_fast_equals_pattern_on_gpt2_small(gpt2_small, data):
 
 @pytest.mark.parametrize("model_name", ["gpt2", "qwen"])
 def test_small_blocks_and_the_plain_torch_kernel(request, monkeypatch, model_name):
-    """Blocks of a few rows (Gini, restricted rows) and the device-independent kernel give the
-    same numbers as one block and the fused CPU kernel."""
+    """Blocks of a few rows and keys (the pass over every row, Gini, restricted rows) and the
+    device-independent kernel give the same numbers as one block and the CPU flash kernel."""
     model = request.getfixturevalue(model_name)
     tok = model.tokenizer
     traces = [
@@ -104,6 +104,8 @@ def test_small_blocks_and_the_plain_torch_kernel(request, monkeypatch, model_nam
     reference = AttentionProfile.compute(model, traces, method="pattern", **kwargs)
     monkeypatch.setattr(fa, "_GINI_ELEMENTS", 300)
     monkeypatch.setattr(fa, "_MASK_ELEMENTS", 64)
+    monkeypatch.setattr(fa, "_KEY_CHUNK", 5)
+    monkeypatch.setattr(fa, "_BLOCK_ELEMENTS", 300)
     for query_parts in (None, ("answer", "reasoning")):
         got = AttentionProfile.compute(
             model, traces, method="fast", query_parts=query_parts, **kwargs
@@ -171,6 +173,36 @@ def test_entropy_identity_on_a_hand_made_layer():
     torch.testing.assert_close(out[..., :8], p @ v, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize(("chunk", "block"), [(4, 40), (7, 1), (64, 2**19)])
+def test_blockwise_pass_equals_the_softmax(monkeypatch, chunk, block):
+    """Output, part masses and entropy of the blockwise pass equal the softmax of the full
+    score matrix: grouped heads, two batch rows, chunks that end inside blocks of rows, and
+    scores whose row maximum keeps rising chunk after chunk (every rescaling is exercised)."""
+    monkeypatch.setattr(fa, "_KEY_CHUNK", chunk)
+    monkeypatch.setattr(fa, "_BLOCK_ELEMENTS", block)
+    gen = torch.Generator().manual_seed(1)
+    batch, n_groups, n_rep, n_pos, d, n_parts = 2, 2, 3, 23, 8, 3
+    q = torch.randn(batch, n_groups * n_rep, n_pos, d, generator=gen)
+    k = torch.randn(batch, n_groups, n_pos, d, generator=gen)
+    k = k + torch.linspace(0, 6, n_pos)[:, None] * q.mean((1, 2))[:, None, None, :]
+    v = torch.randn(batch, n_groups, n_pos, d + 2, generator=gen)
+    labels = torch.randint(0, n_parts, (batch, n_pos), generator=gen)
+    onehot = torch.nn.functional.one_hot(labels, n_parts).float()[:, None]
+    scale = 0.9
+    out, mass, entropy = fa._attend_with_statistics(q, k, v, onehot, scale, entropy=True)
+    keys = k.repeat_interleave(n_rep, 1)
+    scores = (q @ keys.transpose(-1, -2) * scale).masked_fill(
+        torch.ones(n_pos, n_pos).triu(1).bool(), -torch.inf
+    )
+    p = scores.softmax(-1)
+    assert entropy is not None
+    torch.testing.assert_close(out, p @ v.repeat_interleave(n_rep, 1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mass, p @ onehot, atol=1e-6, rtol=0)
+    expected = -(p * p.clamp(min=1e-30).log()).sum(-1)
+    torch.testing.assert_close(entropy, expected, atol=1e-4, rtol=0)
+    assert fa._attend_with_statistics(q, k, v, onehot, scale, entropy=False)[2] is None
+
+
 def test_bridge_is_left_as_it_was(gpt2):
     trace = Trace.from_parts("Q? ", "\nA.\n", " B", gpt2.tokenizer)
     before = AttentionProfile.compute(gpt2, trace, method="pattern")
@@ -223,9 +255,12 @@ def test_auto_chooses_by_length(gpt2, monkeypatch):
 
 
 @pytest.mark.parametrize("model_name", ["gpt2", "qwen"])
-def test_no_tensor_grows_with_t_squared(request, model_name):
-    """Every tensor an op makes on the fast path has fewer than T*T entries (without Gini);
-    the pattern path, for contrast, makes [head, T, T] patterns."""
+def test_no_tensor_grows_with_t_squared(request, monkeypatch, model_name):
+    """Doubling the trace at most doubles the largest tensor any op makes on the fast path
+    (without Gini) and none reaches T²; the pattern path, for contrast, makes [head, T, T]
+    patterns.
+    The blockwise pass holds blocks of a fixed size (2 MB by default, more than these short
+    traces need); they are made small here, as they are relative to any long trace."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Largest(TorchDispatchMode):
@@ -241,13 +276,19 @@ def test_no_tensor_grows_with_t_squared(request, model_name):
             return out
 
     model = request.getfixturevalue(model_name)
-    reasoning = "\n" + " ".join(f"Step {i}: {i} + 1 = {i + 1}." for i in range(40)) + "\n"
-    trace = Trace.from_parts("Q: count. ", reasoning, " It is 41.", model.tokenizer)
-    n = len(trace)
-    assert n >= 200
-    sizes = {}
-    for method in ("fast", "pattern"):
-        with Largest() as mode:
-            AttentionProfile.compute(model, trace, method=method)
-        sizes[method] = mode.numel
-    assert sizes["fast"] < n * n <= sizes["pattern"]
+    monkeypatch.setattr(fa, "_KEY_CHUNK", 64)
+    monkeypatch.setattr(fa, "_BLOCK_ELEMENTS", 2**12)
+    sizes: dict[str, list[int]] = {"fast": [], "pattern": []}
+    lengths = []
+    for n_steps in (20, 40):
+        reasoning = "\n" + " ".join(f"Step {i}: {i} + 1 = {i + 1}." for i in range(n_steps))
+        trace = Trace.from_parts("Q: count. ", reasoning + "\n", " It is done.", model.tokenizer)
+        lengths.append(len(trace))
+        for method in ("fast", "pattern"):
+            with Largest() as mode:
+                AttentionProfile.compute(model, trace, method=method)
+            sizes[method].append(mode.numel)
+    assert lengths[0] >= 200
+    growth = lengths[1] / lengths[0]
+    assert sizes["fast"][1] <= 1.1 * growth * sizes["fast"][0]
+    assert sizes["fast"][1] < lengths[1] ** 2 <= sizes["pattern"][1]
