@@ -10,16 +10,18 @@ key/value heads are expanded to the query heads) and computes, per query row and
   replaced by one-hot part indicators. Exact, and ``[T × parts]`` memory instead of
   ``[T × T]``.
 * **row entropy** ``H = lse − Σ_k A[q, k] s[q, k]`` from the log-sum-exp ``lse`` of the
-  scaled scores ``s`` (returned by the SDPA kernel) and ``Σ_k A s = scale · q · Σ_k A k``,
-  the attention output with the values replaced by the keys.
+  scaled scores ``s`` and the attention-weighted scores ``Σ_k A s``.
 * **row Gini** needs each row sorted, so it cannot avoid the row: it is recomputed from the
   scores on blocks of query rows, at most ``_GINI_ELEMENTS`` scores (per head) at a time.
 
 When every row and head is wanted, the model's own attention output, the masses and the
-attention-weighted keys come from **one** fused SDPA call: queries and keys are zero-padded to
-the width of the concatenated values ``[v | one-hot parts | k]`` (zero padding leaves the
-scores unchanged). Restricted query rows are computed in blocks of rows with an additive
-causal mask, so the cost follows the number of chosen rows.
+entropies come from **one** blockwise pass (:func:`_attend_with_statistics`, an online
+softmax as in flash attention): the scores of a block of rows and a chunk of keys are computed
+once, at the head width; one matrix product with ``[v | one-hot parts | 1]`` accumulates the
+output, the masses and the normaliser, and ``Σ e·s`` is accumulated beside it. Restricted
+query rows are computed in blocks of rows with an additive causal mask (the cost follows the
+number of chosen rows) by the SDPA kernel, whose row log-sum-exp gives ``lse`` and whose
+values ``[one-hot parts | k]`` give ``Σ_k A s = scale · q · Σ_k A k``.
 
 Caveats
 -------
