@@ -33,10 +33,11 @@ time (about 3 GB for 12 heads at 8k tokens in float32). ``method="fast"`` gives 
 numbers (within 1e-4, float rounding) without any ``[T × T]`` matrix: the model's Hugging Face
 modules run with an attention function that returns each row's masses (attention output with
 one-hot part values), entropy (from the row log-sum-exp and the attention-weighted scores)
-and, on request, Gini (rows rebuilt in bounded blocks); see :mod:`reasoning_circuits._fast_attention`. ``method="auto"`` (the
-default) takes the fast path for traces of ``AUTO_FAST_TOKENS`` (1024) tokens or more, unless
-the model has active TransformerLens hooks (a planted pattern lives in ``hook_pattern``, which
-only the pattern path runs). ``query_parts=`` restricts the profiled query rows, e.g. to the
+and, on request, Gini (rows rebuilt in bounded blocks); see
+:mod:`reasoning_circuits._fast_attention`. ``method="auto"`` (the default) takes the fast
+path for traces of ``AUTO_FAST_TOKENS`` (1024) tokens or more, unless the model has active
+TransformerLens hooks (a planted pattern lives in ``hook_pattern``, which only the pattern path
+runs). ``query_parts=`` restricts the profiled query rows, e.g. to the
 answer, which the fast path then computes alone.
 
 Caveats
