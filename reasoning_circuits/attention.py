@@ -37,8 +37,8 @@ and, on request, Gini (rows rebuilt in bounded blocks); see
 :mod:`reasoning_circuits._fast_attention`. ``method="auto"`` (the default) takes the fast
 path for traces of ``AUTO_FAST_TOKENS`` (1024) tokens or more, unless the model has active
 TransformerLens hooks (a planted pattern lives in ``hook_pattern``, which only the pattern path
-runs). ``query_parts=`` restricts the profiled query rows, e.g. to the
-answer, which the fast path then computes alone.
+runs). ``query_parts=`` restricts the profiled query rows, e.g. to the answer, which the fast
+path then computes alone.
 
 Caveats
 -------

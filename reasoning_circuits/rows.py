@@ -4,8 +4,9 @@ R2A averages attention over *every* answer row. Most answer rows write fixed tex
 (``The answer is``, ``\\boxed{``) and need nothing from the reasoning; the one row that
 *emits* the answer's value is diluted among them. On the shipped tiny reasoner the heads that
 rank top by the whole-answer mean cost nothing when ablated, while the head found at the
-emitting row takes accuracy from 98% to 12% (its model card, 250 problems). So profiles and
-rankings accept chosen query rows, beside the segments:
+emitting row takes the value's accuracy from 0.980 [0.954, 0.991] to 0.120 [0.085, 0.166]
+(drop +0.860 [+0.807, +0.896], Newcombe paired interval, exact McNemar p = 4e-65; its model
+card, 250 problems). So profiles and rankings accept chosen query rows, beside the segments:
 
 >>> profiles = rc.AttentionProfile.compute(model, traces, queries={"emit": rc.rows.predicting()})
 >>> rc.rank_heads(profiles, query="emit", key="reasoning")
